@@ -1,0 +1,143 @@
+"""One config dataclass per stage: the Python API, the YAML file and the CLI flags are the same thing.
+
+Defaults are the paper's (the ``paper`` preset). A stage config lists other presets in
+``PRESETS`` (``tiny`` makes CPU runs take minutes). Values are applied in this order:
+defaults < preset < YAML file < explicit overrides (CLI flags or keyword arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+
+from srlm.errors import SrlmError
+
+C = TypeVar("C", bound="StageConfig")
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by ``srlm <stage> --help``)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class StageConfig:
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def preset_names(cls) -> list[str]:
+        return ["paper", *cls.PRESETS]
+
+    @classmethod
+    def load(
+        cls: type[C],
+        preset: str | None = None,
+        yaml_path: str | Path | None = None,
+        **overrides: Any,
+    ) -> C:
+        values: dict[str, Any] = {}
+        if preset and preset != "paper":
+            if preset not in cls.PRESETS:
+                raise SrlmError(f"unknown preset {preset!r} for {cls.__name__}; choose from {cls.preset_names()}")
+            values.update(cls.PRESETS[preset])
+        if yaml_path:
+            values.update(_read_yaml(yaml_path, cls))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise SrlmError(f"{where}: unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        coerced = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in values.items()}
+        config = cls(**coerced)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Stage configs override this to reject inconsistent settings with a clear message."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: C, **changes: Any) -> C:
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SrlmError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise SrlmError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise SrlmError(f"{path}: expected a mapping of settings for {cls.__name__}")
+    return data
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Turn YAML/CLI values into the field's type (str '0.7' -> float, 'true' -> bool, ...)."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType) and args:
+        return _coerce(value, args[0], where)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+        if origin is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            item_type = args[0] if args else str
+            return [_coerce(v.strip() if isinstance(v, str) else v, item_type, where) for v in items if v != ""]
+    except (TypeError, ValueError):
+        raise SrlmError(f"{where}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> None:
+    """Add --preset, --config and one --flag per config field (defaults None: not overridden)."""
+    group = parser.add_argument_group(f"settings ({cls.__name__}; defaults are the paper's)")
+    group.add_argument("--preset", choices=cls.preset_names(), help="start from a preset (default: paper)")
+    group.add_argument("--config", metavar="YAML", help="YAML file of settings (flags override it)")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    return cls.load(preset=args.preset, yaml_path=args.config, **overrides)

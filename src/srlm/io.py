@@ -1,0 +1,245 @@
+"""JSONL record kinds shared by the stages, validated on read, written atomically.
+
+Every dataset artifact is JSONL, one record per line. A reader checks each record against its
+kind and fails with ``file:line`` and the field at fault. Writers go through a temporary file in
+the same directory and an ``os.replace``, so a reader never sees half a file and a failed stage
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from srlm.errors import SrlmError
+
+Record = dict[str, Any]
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_nonempty_str(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_optional_number(v: Any) -> bool:
+    return v is None or _is_number(v)
+
+
+def _is_messages(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) >= 2
+        and all(
+            isinstance(m, dict)
+            and m.get("role") in ("system", "user", "assistant")
+            and _is_str(m.get("content"))
+            for m in v
+        )
+        and v[-1]["role"] == "assistant"
+    )
+
+
+def _is_str_list(min_len: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) >= min_len and all(_is_str(x) for x in v)
+
+
+def _is_judged_replies(v: Any) -> bool:
+    return isinstance(v, list) and len(v) >= 1 and all(
+        isinstance(r, dict)
+        and _is_str(r.get("text"))
+        and _is_str_list(0)(r.get("judge_outputs"))
+        and isinstance(r.get("scores"), list)
+        and all(_is_optional_number(s) for s in r["scores"])
+        and _is_optional_number(r.get("mean"))
+        for r in v
+    )
+
+
+# kind -> {field: (check, what the field must be)}
+SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "ift": {
+        "messages": (_is_messages, "a list of {role, content} messages ending with an assistant turn"),
+    },
+    "eft": {
+        "prompt": (_is_nonempty_str, "a non-empty string"),
+        "response": (_is_str, "a string"),
+        "judgement": (_is_nonempty_str, "a non-empty string ending with the score line"),
+        "score": (_is_number, "a number from 0 to 5"),
+    },
+    "eft_eval": {
+        "prompt": (_is_nonempty_str, "a non-empty string"),
+        "replies": (_is_str_list(2), "a list of at least 2 reply strings"),
+        "ranks": (lambda v: isinstance(v, list) and all(isinstance(r, int) for r in v), "a list of int ranks (0 = best)"),
+    },
+    "prompt": {
+        "id": (_is_nonempty_str, "a non-empty string"),
+        "prompt": (_is_nonempty_str, "a non-empty string"),
+    },
+    "candidates": {
+        "id": (_is_nonempty_str, "a non-empty string"),
+        "prompt": (_is_nonempty_str, "a non-empty string"),
+        "replies": (_is_str_list(1), "a list of reply strings"),
+    },
+    "judgements": {
+        "id": (_is_nonempty_str, "a non-empty string"),
+        "prompt": (_is_nonempty_str, "a non-empty string"),
+        "replies": (_is_judged_replies, "a list of {text, judge_outputs, scores, mean} objects"),
+    },
+    "pair": {
+        "prompt": (_is_nonempty_str, "a non-empty string"),
+        "chosen": (_is_str, "a string"),
+        "rejected": (_is_str, "a string"),
+        "chosen_score": (_is_number, "a number"),
+        "rejected_score": (_is_number, "a number"),
+    },
+}
+
+
+def _check_record(kind: str, record: Any, where: str) -> None:
+    if not isinstance(record, dict):
+        raise SrlmError(f"{where}: expected a JSON object ({kind} record), got {type(record).__name__}")
+    for name, (check, what) in SCHEMAS[kind].items():
+        if name not in record:
+            raise SrlmError(f"{where}: missing field '{name}' ({kind} record needs {', '.join(SCHEMAS[kind])})")
+        if not check(record[name]):
+            raise SrlmError(f"{where}: field '{name}' must be {what}")
+    if kind == "eft" and not 0 <= record["score"] <= 5:
+        raise SrlmError(f"{where}: field 'score' must be from 0 to 5, got {record['score']}")
+    if kind == "eft_eval" and (
+        len(record["ranks"]) != len(record["replies"]) or len(set(record["ranks"])) != len(record["ranks"])
+    ):
+        raise SrlmError(f"{where}: field 'ranks' must give one distinct rank per reply")
+
+
+def validate(kind: str, record: Any, where: str = "<record>") -> Record:
+    """Check one record of ``kind``; raise SrlmError naming ``where`` and the field at fault."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(SCHEMAS)}")
+    _check_record(kind, record, where)
+    return record
+
+
+def iter_jsonl(path: str | os.PathLike, kind: str | None = None) -> Iterator[Record]:
+    """Yield the records of a JSONL file, validated against ``kind`` when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise SrlmError(f"{path}: no such file" + (f" (expected {kind} records in JSONL)" if kind else ""))
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SrlmError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if kind is not None:
+                _check_record(kind, record, where)
+            yield record
+
+
+def read_jsonl(path: str | os.PathLike, kind: str | None = None, allow_empty: bool = False) -> list[Record]:
+    """Read and validate a whole JSONL file; an empty file is an error unless ``allow_empty``."""
+    records = list(iter_jsonl(path, kind))
+    if not records and not allow_empty:
+        raise SrlmError(f"{path}: file is empty (expected {kind or 'JSONL'} records, one per line)")
+    return records
+
+
+def check_output_free(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse to replace an existing output unless asked to (nothing is touched either way)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        if path.is_dir() and not any(path.iterdir()):
+            return path  # an empty directory (as KFP pre-creates) is free to use
+        raise SrlmError(f"{path}: output already exists; choose another path or pass --overwrite")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success move it into place, on error remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and path.is_dir():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Record], kind: str | None = None) -> int:
+    """Write records atomically (validated against ``kind`` first when given); return the count."""
+    records = list(records)
+    if kind is not None:
+        for i, record in enumerate(records, start=1):
+            _check_record(kind, record, f"{path} (record {i}, before writing)")
+    with atomic_path(path) as tmp:
+        with tmp.open("w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return len(records)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write one JSON document atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, for lineage."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def read_prompts(path: str | os.PathLike) -> list[Record]:
+    """Prompt records ``{id, prompt}``; also takes AlpacaEval-style ``instruction`` rows.
+
+    Records without an id get ``p<line number>``, so a plain list of instructions works too.
+    """
+    rows = []
+    for i, record in enumerate(read_jsonl(path), start=1):
+        where = f"{path}:{i}"
+        if isinstance(record, dict) and "prompt" not in record and "instruction" in record:
+            record = {**record, "prompt": record["instruction"]}
+        if isinstance(record, dict) and "id" not in record:
+            record = {**record, "id": f"p{i}"}
+        elif isinstance(record, dict):
+            record = {**record, "id": str(record["id"])}
+        rows.append(validate("prompt", record, where))
+    return rows

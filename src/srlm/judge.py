@@ -1,0 +1,172 @@
+"""The model as its own judge: the additive 5-point rubric, the score parser and the judging stage.
+
+A reply is judged ``samples`` times (paper: 3, T 0.7, top-p 0.9); its score is the mean of the
+valid parses, unrounded. A judgement without a valid ``Score: N`` line is a parse failure: it
+is counted and reported, never scored as 0. A reply with no valid parse at all is unscored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from srlm.config import StageConfig, setting
+from srlm.errors import SrlmError
+from srlm.generation import GenerationOptions, Generator, make_generator
+from srlm.io import check_output_free, read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+SLOTS = ("{instruction}", "{response}")
+
+DEFAULT_TEMPLATE = """\
+Look at the user's question and the response below, and grade the response with an additive
+5-point scale. Points build on each other; award each one only when its condition holds:
+- Add 1 point if the response is relevant to the question and offers some related information,
+  even when it is incomplete or carries some unrelated content.
+- Add a 2nd point if the response covers a substantial part of the question, without fully
+  resolving it or giving a direct answer.
+- Add a 3rd point if the response answers the basic elements of the question in a useful way,
+  whether or not it reads like an AI assistant's answer or resembles text found elsewhere.
+- Add a 4th point if the response is clearly written from an AI assistant's point of view,
+  addresses the question directly and comprehensively, and is well organised and helpful, even
+  if it could be slightly clearer, shorter or more focused.
+- Add a 5th point if the response is impeccably tailored to the question by an AI assistant,
+  with no extraneous content, showing expert knowledge in a high-quality, engaging and
+  insightful answer.
+
+User: {instruction}
+
+<response>{response}</response>
+
+After reviewing the question and the response:
+- Explain your total score briefly, in at most 100 words.
+- Finish with a last line of the form "Score: <total points>".
+"""
+
+_SCORE = re.compile(r"score\s*:\s*\**\s*(\d+(?:\.\d+)?)(?![\d.])", re.IGNORECASE)
+
+
+def parse_score(text: str) -> float | None:
+    """The last valid ``Score: N`` in ``text`` (0 <= N <= 5, decimals allowed), else None."""
+    valid = [float(m) for m in _SCORE.findall(text) if 0.0 <= float(m) <= 5.0]
+    return valid[-1] if valid else None
+
+
+def load_template(path: str | Path | None) -> str:
+    """The judge prompt template: the built-in rubric, or the user's file with both slots."""
+    if not path:
+        return DEFAULT_TEMPLATE
+    path = Path(path)
+    if not path.is_file():
+        raise SrlmError(f"{path}: judge template file not found")
+    return check_template(path.read_text(encoding="utf-8"), str(path))
+
+
+def check_template(template: str, where: str = "judge template") -> str:
+    for slot in SLOTS:
+        count = template.count(slot)
+        if count != 1:
+            raise SrlmError(
+                f"{where}: the judge template must contain the slot {slot} exactly once (found {count}); "
+                f"it needs both {' and '.join(SLOTS)}"
+            )
+    return template
+
+
+def fill_template(template: str, instruction: str, response: str) -> str:
+    # str.replace, not str.format: user templates and replies may contain braces.
+    return template.replace("{instruction}", instruction).replace("{response}", response)
+
+
+@dataclasses.dataclass
+class JudgeConfig(GenerationOptions, StageConfig):
+    samples: int = setting(3, "judgements sampled per reply; the score is the mean of the valid ones")
+    temperature: float = setting(0.7, "judge sampling temperature")
+    top_p: float = setting(0.9, "judge nucleus sampling top-p")
+    max_new_tokens: int = setting(256, "tokens per judgement (the rubric asks for <= 100 words + score line)")
+    template: str = setting("", "judge prompt template file with {instruction} and {response}; empty = built-in rubric")
+
+    PRESETS = {"tiny": {"max_new_tokens": 48, "batch_size": 96}}
+
+    def validate(self) -> None:
+        if self.samples < 1:
+            raise SrlmError(f"judge samples must be >= 1, got {self.samples}")
+
+
+@dataclasses.dataclass
+class JudgeStats:
+    replies: int = 0
+    judgements: int = 0
+    parse_failures: int = 0
+    unscored_replies: int = 0
+
+    @property
+    def parse_failure_rate(self) -> float:
+        return self.parse_failures / self.judgements if self.judgements else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "parse_failure_rate": self.parse_failure_rate}
+
+
+def judge_pairs(
+    generator: Generator,
+    items: list[tuple[str, str]],
+    config: JudgeConfig,
+    template: str | None = None,
+    desc: str = "judging",
+) -> tuple[list[dict[str, Any]], JudgeStats]:
+    """Judge (instruction, response) pairs; return per pair its raw outputs, scores and mean."""
+    template = template if template is not None else load_template(config.template)
+    prompts = [fill_template(template, instruction, response) for instruction, response in items]
+    outputs = generator.generate(
+        prompts,
+        n=config.samples,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+        desc=desc,
+    )
+    stats = JudgeStats(replies=len(items))
+    results = []
+    for (_, response), texts in zip(items, outputs):
+        scores = [parse_score(t) for t in texts]
+        valid = [s for s in scores if s is not None]
+        stats.judgements += len(scores)
+        stats.parse_failures += len(scores) - len(valid)
+        stats.unscored_replies += not valid
+        results.append(
+            {"text": response, "judge_outputs": texts, "scores": scores, "mean": statistics.fmean(valid) if valid else None}
+        )
+    return results, stats
+
+
+def require_some_scores(stats: JudgeStats, what: str) -> None:
+    if stats.replies and stats.unscored_replies == stats.replies:
+        raise SrlmError(
+            f"{what}: the judge produced no valid score in {stats.judgements} judgements of {stats.replies} replies "
+            f"(no 'Score: N' line with 0 <= N <= 5). Train the judge on EFT data, raise max_new_tokens, or check the template"
+        )
+
+
+def run(config: JudgeConfig, model: str | Path, candidates: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Self-judging: score every candidate reply with the model's own rubric judgements."""
+    check_output_free(out, overwrite)
+    records = read_jsonl(candidates, "candidates")
+    generator = make_generator(model, config)
+    items = [(r["prompt"], reply) for r in records for reply in r["replies"]]
+    judged, stats = judge_pairs(generator, items, config)
+    require_some_scores(stats, str(candidates))
+    rows, cursor = [], 0
+    for r in records:
+        k = len(r["replies"])
+        rows.append({"id": r["id"], "prompt": r["prompt"], "replies": judged[cursor : cursor + k]})
+        cursor += k
+    write_jsonl(out, rows, "judgements")
+    log.info("judged %d replies: %d parse failures, %d unscored", stats.replies, stats.parse_failures, stats.unscored_replies)
+    return stats.as_dict()
