@@ -1,0 +1,87 @@
+"""Preference pairs from self-judged candidates: chosen = highest mean score, rejected = lowest.
+
+Replies without a valid judge score are left out; a prompt whose best and worst scores are
+equal (or with fewer than two scored replies) gives no pair: ties are dropped, never kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from srlm.config import StageConfig, setting
+from srlm.errors import SrlmError
+from srlm.io import Record, check_output_free, read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PairsConfig(StageConfig):
+    min_margin: float = setting(0.0, "keep a pair only if chosen - rejected score exceeds this (paper: any difference)")
+
+
+def best_and_worst(record: Record, min_margin: float = 0.0) -> tuple[Record, Record] | None:
+    """The (chosen, rejected) replies of one judged prompt, or None for a tie or too few scores."""
+    scored = [r for r in record["replies"] if r["mean"] is not None]
+    if len(scored) < 2:
+        return None
+    # max/min keep the first of equal scores, so the choice is deterministic.
+    chosen = max(scored, key=lambda r: r["mean"])
+    rejected = min(scored, key=lambda r: r["mean"])
+    if chosen["mean"] - rejected["mean"] <= min_margin:
+        return None
+    return chosen, rejected
+
+
+def build_pairs(records: list[Record], config: PairsConfig) -> tuple[list[Record], dict[str, Any]]:
+    pairs = []
+    ties = 0
+    for record in records:
+        picked = best_and_worst(record, config.min_margin)
+        if picked is None:
+            ties += 1
+            continue
+        chosen, rejected = picked
+        pairs.append({
+            "id": record["id"], "prompt": record["prompt"],
+            "chosen": chosen["text"], "rejected": rejected["text"],
+            "chosen_score": chosen["mean"], "rejected_score": rejected["mean"],
+        })
+    replies = [r for record in records for r in record["replies"]]
+    stats = {
+        "prompts": len(records),
+        "replies": len(replies),
+        "unscored_replies": sum(1 for r in replies if r["mean"] is None),
+        "ties_or_unpaired": ties,
+        "pairs": len(pairs),
+        "pair_yield": len(pairs) / len(records) if records else 0.0,
+        "chosen_mean_chars": _mean(len(p["chosen"]) for p in pairs),
+        "rejected_mean_chars": _mean(len(p["rejected"]) for p in pairs),
+        "chosen_mean_score": _mean(p["chosen_score"] for p in pairs),
+        "rejected_mean_score": _mean(p["rejected_score"] for p in pairs),
+    }
+    return pairs, stats
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def run(config: PairsConfig, judgements: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write preference pairs; a round that yields none stops here, with the counts that explain why."""
+    check_output_free(out, overwrite)
+    records = read_jsonl(judgements, "judgements")
+    pairs, stats = build_pairs(records, config)
+    if not pairs:
+        raise SrlmError(
+            f"{judgements}: 0 preference pairs from {stats['prompts']} prompts "
+            f"({stats['unscored_replies']} of {stats['replies']} replies had no valid score, "
+            f"{stats['ties_or_unpaired']} prompts tied or had < 2 scored replies); nothing to train DPO on"
+        )
+    write_jsonl(out, pairs, "pair")
+    log.info("pairs: %s", stats)
+    return stats

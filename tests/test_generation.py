@@ -1,0 +1,50 @@
+import shutil
+
+import pytest
+
+from srlm import SrlmError
+from srlm.generation import GenerationOptions, TransformersGenerator, make_generator
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model):
+    return make_generator(tiny_model, GenerationOptions(batch_size=8, threads=1))
+
+
+def test_shapes_order_and_stop(generator):
+    prompts = ["Tell me about rivers and the sea and boats.", "Hi", "Tell me about rivers and the sea and boats."]
+    out = generator.generate(prompts, n=3, temperature=0.0, max_new_tokens=12)
+    assert [len(r) for r in out] == [3, 3, 3]
+    assert out[0] == out[2]  # length sorting and batching give results back in input order
+    assert all(isinstance(t, str) and "<|end|>" not in t and "<|pad|>" not in t for r in out for t in r)
+    assert generator.stats.new_tokens <= 9 * 12
+
+
+def test_sampling_is_seeded(generator):
+    a = generator.generate(["Write a haiku."], n=2, temperature=1.0, max_new_tokens=10, seed=5)
+    b = generator.generate(["Write a haiku."], n=2, temperature=1.0, max_new_tokens=10, seed=5)
+    c = generator.generate(["Write a haiku."], n=2, temperature=1.0, max_new_tokens=10, seed=6)
+    assert a == b and a != c
+
+
+def test_threads_setting(generator):
+    import torch
+
+    assert torch.get_num_threads() == 1
+
+
+def test_model_dir_without_tokenizer(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(SrlmError, match="no tokenizer"):
+        TransformersGenerator(broken)
+    (broken / "chat_template.jinja").unlink()
+    shutil.copy(tiny_model / "tokenizer.json", broken / "tokenizer.json")
+    with pytest.raises(SrlmError, match="no chat template"):
+        TransformersGenerator(broken)
+
+
+def test_unknown_backend(tiny_model):
+    with pytest.raises(SrlmError, match="unknown generation backend"):
+        make_generator(tiny_model, GenerationOptions(backend="magic"))

@@ -1,0 +1,24 @@
+from srlm.prompts import PromptFilter, PromptGenConfig, clean, few_shot_request
+
+
+def test_filters():
+    f = PromptFilter(PromptGenConfig(min_words=3), ["Write a short poem about the sea", "Explain how rain forms"])
+    assert f.reason_to_drop("Write a short poem about the sea today") == "similar"
+    assert f.reason_to_drop("Draw a cat on a mat") == "keyword"
+    assert f.reason_to_drop("explain how rain forms") == "duplicate"
+    assert f.reason_to_drop("Hi there") == "length"
+    assert f.offer("Suggest three names for a bakery")
+    assert not f.offer("Suggest three names for a bakery please")  # now similar to the accepted one
+    assert f.rejected["similar"] == 1
+
+
+def test_rouge_threshold_is_a_setting():
+    text = "Write a short poem about the sea today"
+    loose = PromptFilter(PromptGenConfig(rouge_threshold=0.95), ["Write a short poem about the sea"])
+    assert loose.reason_to_drop(text) is None
+
+
+def test_request_and_clean():
+    request = few_shot_request(["A?", "B?"])
+    assert request.endswith("Task 1: A?\nTask 2: B?\nTask 3:")
+    assert clean(" Task 3: Name a  river.\nTask 4: something else") == "Name a river."
