@@ -1,0 +1,162 @@
+"""``make bench``: throughput measured side by side in one run, written to ``bench.json``.
+
+Each measurement runs in its own child process so its peak memory (max RSS) is its own.
+- generation: the same requests batched vs one sequence at a time (tokens/s and the ratio);
+- judging: rubric judgements per second with the judge's tiny settings;
+- training: SFT and DPO seconds per optimizer step and peak memory.
+The model is the locally built tiny one, so the figures compare code paths, not hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(fn: Callable[..., dict[str, Any]], args: tuple, queue: Any) -> None:
+    try:
+        result = fn(*args)
+        result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+        queue.put(result)
+    except Exception as e:  # reported, not swallowed: the parent raises it
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run ``fn`` in a fresh process and return its result with its own peak RSS."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"{fn.__name__} failed: {result['error']}")
+    return result
+
+
+def bench_generation(model: str, prompts: list[str], n: int, max_new_tokens: int, batch_size: int, threads: int) -> dict[str, Any]:
+    from srlm.generation import GenerationOptions, TransformersGenerator
+
+    gen = TransformersGenerator(model, GenerationOptions(batch_size=batch_size, threads=threads))
+    gen.generate(prompts[:2], n=1, max_new_tokens=4)  # warm-up
+    gen.stats.__init__()
+    gen.generate(prompts, n=n, temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens, seed=0, desc=f"batch {batch_size}")
+    s = gen.stats
+    return {"sequences": s.completions, "new_tokens": s.new_tokens, "seconds": round(s.seconds, 3),
+            "tokens_per_second": round(s.tokens_per_second, 1), "batch_size": batch_size}
+
+
+def bench_judge(model: str, items: list[tuple[str, str]], threads: int) -> dict[str, Any]:
+    from srlm.judge import JudgeConfig, judge_pairs
+    from srlm.generation import make_generator
+
+    config = JudgeConfig.load("tiny", threads=threads)
+    gen = make_generator(model, config)
+    started = time.perf_counter()
+    _, stats = judge_pairs(gen, items, config)
+    seconds = time.perf_counter() - started
+    return {"replies": stats.replies, "judgements": stats.judgements, "seconds": round(seconds, 3),
+            "judgements_per_second": round(stats.judgements / seconds, 2), "parse_failure_rate": round(stats.parse_failure_rate, 3)}
+
+
+def bench_training(kind: str, model: str, data: dict[str, str], out: str, steps: int, threads: int) -> dict[str, Any]:
+    from srlm import training
+
+    if kind == "sft":
+        config = training.SFTConfig.load("tiny", max_steps=steps, threads=threads)
+        metrics = training.run_sft(config, model, data["ift"], out, eft=data["eft"])
+        batch = config.per_device_batch_size * config.gradient_accumulation_steps
+    else:
+        config = training.DPOConfig.load("tiny", max_steps=steps, threads=threads)
+        metrics = training.run_dpo(config, model, data["pairs"], out)
+        batch = config.per_device_batch_size * config.gradient_accumulation_steps
+    train_seconds = metrics.get("train_seconds", metrics.get("seconds"))
+    return {"steps": metrics.get("steps", steps), "batch_size": batch, "train_seconds": round(train_seconds, 3),
+            "seconds_per_step": round(train_seconds / max(metrics.get("steps", steps), 1), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench.json", help="where to write the results")
+    parser.add_argument("--prompts", type=int, default=64, help="prompts in the batched generation run")
+    parser.add_argument("--sequential-prompts", type=int, default=8, help="prompts in the one-at-a-time run")
+    parser.add_argument("--n", type=int, default=4, help="samples per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the whole machine by default)")
+    parser.add_argument("--train-steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from srlm import seed_data, tiny_model
+    from srlm.io import write_json, write_jsonl
+
+    results: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "settings": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="srlm-bench-") as tmp:
+        tmp_path = Path(tmp)
+        m0 = tmp_path / "m0"
+        tiny_model.run(tiny_model.TinyModelConfig.load("tiny"), m0)
+        seed = tmp_path / "seed"
+        seed_data.run(seed_data.SeedConfig.load("tiny"), seed)
+        prompts = (seed_data.ift_prompts(seed_data.bundled("ift")) * 4)[: args.prompts]
+
+        print("generation: batched vs one sequence at a time ...", flush=True)
+        batched = isolated(bench_generation, str(m0), prompts, args.n, args.max_new_tokens, args.prompts * args.n, args.threads)
+        single = isolated(bench_generation, str(m0), prompts[: args.sequential_prompts], args.n, args.max_new_tokens, 1, args.threads)
+        results["generation"] = {"batched": batched, "one_at_a_time": single,
+                                 "speedup": round(batched["tokens_per_second"] / single["tokens_per_second"], 2)}
+
+        print("training: SFT steps ...", flush=True)
+        data = {"ift": str(seed / "ift.jsonl"), "eft": str(seed / "eft_train.jsonl")}
+        results["sft"] = isolated(bench_training, "sft", str(m0), data, str(tmp_path / "m1"), args.train_steps, args.threads)
+
+        print("judging ...", flush=True)
+        eval_items = seed_data.bundled("eft_eval")
+        items = [(item["prompt"], reply) for item in eval_items for reply in item["replies"]][:32]
+        results["judge"] = isolated(bench_judge, str(tmp_path / "m1"), items, args.threads)
+
+        print("training: DPO steps ...", flush=True)
+        pairs = [{"prompt": r["messages"][0]["content"], "chosen": r["messages"][-1]["content"],
+                  "rejected": r["messages"][-1]["content"][:40], "chosen_score": 5.0, "rejected_score": 1.0}
+                 for r in seed_data.bundled("ift")]
+        write_jsonl(tmp_path / "pairs.jsonl", pairs, "pair")
+        results["dpo"] = isolated(bench_training, "dpo", str(tmp_path / "m1"), {"pairs": str(tmp_path / "pairs.jsonl")},
+                                  str(tmp_path / "m2"), args.train_steps, args.threads)
+
+    write_json(args.out, results)
+    print(summary(results))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def summary(r: dict[str, Any]) -> str:
+    g = r["generation"]
+    rows = [
+        ("generation, batched", f"{g['batched']['tokens_per_second']:.0f} tok/s", f"{g['batched']['peak_rss_mb']:.0f} MB"),
+        ("generation, one at a time", f"{g['one_at_a_time']['tokens_per_second']:.0f} tok/s", f"{g['one_at_a_time']['peak_rss_mb']:.0f} MB"),
+        ("  batched / one at a time", f"{g['speedup']:.1f}x", ""),
+        ("judging (tiny M1)", f"{r['judge']['judgements_per_second']:.1f} judgements/s", f"{r['judge']['peak_rss_mb']:.0f} MB"),
+        (f"SFT step (batch {r['sft']['batch_size']})", f"{r['sft']['seconds_per_step']:.3f} s", f"{r['sft']['peak_rss_mb']:.0f} MB"),
+        (f"DPO step (batch {r['dpo']['batch_size']})", f"{r['dpo']['seconds_per_step']:.3f} s", f"{r['dpo']['peak_rss_mb']:.0f} MB"),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    lines = [f"{'measurement':<{width}}  {'throughput':>22}  {'peak RSS':>9}"]
+    lines += [f"{a:<{width}}  {b:>22}  {c:>9}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
