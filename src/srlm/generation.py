@@ -145,6 +145,8 @@ class TransformersGenerator:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 torch.manual_seed(seed + start)
                 sampling = temperature > 0
+                # Greedy decoding gives n identical replies: compute one, repeat it.
+                per_prompt = n if sampling else 1
                 with torch.inference_mode():
                     out = self.model.generate(
                         **batch,
@@ -153,7 +155,7 @@ class TransformersGenerator:
                         top_p=top_p if sampling else None,
                         top_k=0 if sampling else None,
                         max_new_tokens=max_new_tokens,
-                        num_return_sequences=n,
+                        num_return_sequences=per_prompt,
                         pad_token_id=self.tokenizer.pad_token_id,
                         eos_token_id=self.tokenizer.eos_token_id,
                     )
@@ -161,9 +163,8 @@ class TransformersGenerator:
                 for row, tokens in enumerate(new):
                     length = _completion_length(tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
                     self.stats.new_tokens += length
-                    results[idx[row // n]].append(
-                        self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
-                    )
+                    text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
+                    results[idx[row // per_prompt]].extend([text] * (n // per_prompt))
                 bar.update(len(idx))
         self.stats.prompts += len(texts)
         self.stats.completions += len(texts) * n

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 class PairsConfig(StageConfig):
     min_margin: float = setting(0.0, "keep a pair only if chosen - rejected score exceeds this (paper: any difference)")
 
+    PRESETS = {"tiny": {}}
+
 
 def best_and_worst(record: Record, min_margin: float = 0.0) -> tuple[Record, Record] | None:
     """The (chosen, rejected) replies of one judged prompt, or None for a tie or too few scores."""

@@ -42,6 +42,8 @@ class TinyModelConfig(StageConfig):
     max_positions: int = setting(2048, "longest sequence (judge prompts carry the whole rubric)")
     seed: int = setting(0, "seed for the weights")
 
+    PRESETS = {"tiny": {}}  # the defaults are already tiny
+
 
 def training_text() -> list[str]:
     """The text the tokenizer learns from: bundled seed data plus the judge rubric."""
