@@ -48,6 +48,7 @@ class SeedConfig(StageConfig):
     ift_count: int = setting(3200, "IFT examples to keep (paper: 3,200); 0 = all")
     min_replies: int = setting(2, "ranked assistant replies a prompt needs to enter the EFT pool")
     lang: str = setting("en", "language code kept")
+    skip_synthetic: bool = setting(True, "drop synthetic (model-written) prompts and replies")
     seed: int = setting(0, "seed for sampling IFT examples")
 
     PRESETS = {"tiny": {"ift_count": 64}}
