@@ -34,6 +34,7 @@ def test_user_template(tmp_path):
     good.write_text("Q: {instruction}\nA: {response}\nGive 'Score: N' with {braces} kept.")
     template = load_template(good)
     assert fill_template(template, "why {x}?", "because") == "Q: why {x}?\nA: because\nGive 'Score: N' with {braces} kept."
+    assert fill_template(template, "echo {response}", "r") == "Q: echo {response}\nA: r\nGive 'Score: N' with {braces} kept."
     bad = tmp_path / "bad.txt"
     bad.write_text("Only {instruction} here")
     with pytest.raises(SrlmError, match=r"bad\.txt: .*\{response\}"):

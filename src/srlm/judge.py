@@ -57,30 +57,40 @@ def parse_score(text: str) -> float | None:
     return valid[-1] if valid else None
 
 
-def load_template(path: str | Path | None) -> str:
-    """The judge prompt template: the built-in rubric, or the user's file with both slots."""
+def load_template(
+    path: str | Path | None, default: str = DEFAULT_TEMPLATE, slots: tuple[str, ...] = SLOTS, what: str = "judge template"
+) -> str:
+    """A judge prompt template: ``default``, or the user's file holding each of ``slots`` once."""
     if not path:
-        return DEFAULT_TEMPLATE
+        return default
     path = Path(path)
     if not path.is_file():
-        raise SrlmError(f"{path}: judge template file not found")
-    return check_template(path.read_text(encoding="utf-8"), str(path))
+        raise SrlmError(f"{path}: {what} file not found")
+    return check_template(path.read_text(encoding="utf-8"), str(path), slots, what)
 
 
-def check_template(template: str, where: str = "judge template") -> str:
-    for slot in SLOTS:
+def check_template(
+    template: str, where: str = "judge template", slots: tuple[str, ...] = SLOTS, what: str = "judge template"
+) -> str:
+    for slot in slots:
         count = template.count(slot)
         if count != 1:
             raise SrlmError(
-                f"{where}: the judge template must contain the slot {slot} exactly once (found {count}); "
-                f"it needs both {' and '.join(SLOTS)}"
+                f"{where}: the {what} must contain the slot {slot} exactly once (found {count}); "
+                f"it needs {', '.join(slots)}"
             )
     return template
 
 
+def fill_slots(template: str, **values: str) -> str:
+    """Fill ``{name}`` slots in one pass: not str.format (texts hold braces), not chained
+    replaces (an inserted text that contains a slot name must stay as it is)."""
+    pattern = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
+    return pattern.sub(lambda m: values[m.group(1)], template)
+
+
 def fill_template(template: str, instruction: str, response: str) -> str:
-    # str.replace, not str.format: user templates and replies may contain braces.
-    return template.replace("{instruction}", instruction).replace("{response}", response)
+    return fill_slots(template, instruction=instruction, response=response)
 
 
 @dataclasses.dataclass
