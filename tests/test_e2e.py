@@ -57,7 +57,7 @@ def test_one_iteration_end_to_end(sft_model, seed_dir, tmp_path):
 
     rm = evaluation.run_rm(evaluation.RMEvalConfig.load("tiny"), tmp_path / "m2", seed_dir / "eft_eval.jsonl", tmp_path / "rm")
     assert 0.0 <= rm["pairwise_accuracy"] <= 1.0
-    assert 0.0 <= rm["parse_failure_rate"] <= 1.0
+    assert 0.0 <= rm["judge_parse_failure_rate"] <= 1.0
     assert -1.0 <= rm["spearman"] <= 1.0 and -1.0 <= rm["kendall_tau"] <= 1.0
     assert json.loads((tmp_path / "rm" / "metrics.json").read_text())["pairwise_accuracy"] == rm["pairwise_accuracy"]
 

@@ -379,8 +379,10 @@ class WinRateConfig(GenerationOptions, StageConfig):
 
     PRESETS = {
         "tiny": {
+            # The tiny model is trained on rubric judgements only, never on pairwise verdicts.
+            "method": "rubric",
             "max_new_tokens": 32,
-            "judge_max_new_tokens": 48,
+            "judge_max_new_tokens": JudgeConfig.PRESETS["tiny"]["max_new_tokens"],
             "max_prompts": 8,
             "export_max_prompts": 8,
             "batch_size": 96,

@@ -101,7 +101,8 @@ class JudgeConfig(GenerationOptions, StageConfig):
     max_new_tokens: int = setting(256, "tokens per judgement (the rubric asks for <= 100 words + score line)")
     template: str = setting("", "judge prompt template file with {instruction} and {response}; empty = built-in rubric")
 
-    PRESETS = {"tiny": {"max_new_tokens": 48, "batch_size": 96}}
+    # 128 tokens: the bundled judgements run 63-118 tiny-tokenizer tokens before the score line.
+    PRESETS = {"tiny": {"max_new_tokens": 128, "batch_size": 96}}
 
     def validate(self) -> None:
         if self.samples < 1:

@@ -1,0 +1,419 @@
+"""Training stages with TRL: seed SFT (M0 -> M1) and a DPO round (M(t) -> M(t+1)).
+
+SFT trains on IFT conversations plus EFT judge examples (the rubric prompt filled with a
+prompt and a reply -> the judgement ending with ``Score: N``), with the loss on assistant
+tokens only. DPO trains on one round's (chosen, rejected) pairs with beta 0.1; the reference
+is the model the round starts from, whose log-probabilities are computed once before training
+(``precompute_ref_log_probs``: one model in memory, the same reference forward passes) or, if
+that is switched off, from a second copy loaded from the same directory.
+
+Both follow the paper's schedule: cosine decay from ``learning_rate`` to ``final_learning_rate``
+(transformers' ``cosine_with_min_lr``), batch 16, dropout 0.1 set on the model config. Each
+writes a complete Hugging Face directory (weights, tokenizer, chat template, lineage) atomically:
+a failed run leaves nothing at ``out``. Heavy imports stay inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import resource
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from srlm import judge
+from srlm.config import StageConfig, setting
+from srlm.errors import SrlmError
+from srlm.generation import load_tokenizer, set_threads
+from srlm.io import Record, atomic_path, check_output_free, read_jsonl
+from srlm.modeldir import check_model_dir, write_lineage
+
+log = logging.getLogger(__name__)
+
+# Config attributes that hold dropout probabilities in common causal-LM families
+# (Llama/Qwen/Mistral/Gemma: attention_dropout; GPT-2: *_pdrop; OPT: dropout).
+DROPOUT_ATTRS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+PRECISIONS = ("auto", "bf16", "fp16", "no")
+
+
+@dataclasses.dataclass
+class TrainingOptions:
+    """Settings shared by SFT and DPO (mixed into their configs)."""
+
+    per_device_batch_size: int = setting(4, "examples per device per forward pass")
+    gradient_accumulation_steps: int = setting(
+        4, "forward passes per optimizer step; batch = per_device_batch_size x this x devices (paper: 16)"
+    )
+    epochs: float = setting(1.0, "passes over the data, ignored when max_steps > 0 (ours: the paper gives no count)")
+    max_steps: int = setting(0, "optimizer steps; 0 = run `epochs` epochs")
+    max_length: int = setting(2048, "longest tokenized sequence (prompt + response); longer ones are cut at the end")
+    warmup: float = setting(0.03, "linear warmup: a fraction of the steps if < 1, else a step count (paper: not given)")
+    weight_decay: float = setting(0.0, "AdamW weight decay (paper: not given)")
+    dropout: float = setting(0.1, "dropout set on the model config while training (paper: 0.1)")
+    gradient_checkpointing: bool = setting(True, "recompute activations to save memory (about a fifth slower)")
+    mixed_precision: str = setting("auto", "auto (bf16 on a GPU that supports it, none on CPU) | bf16 | fp16 | no")
+    logging_steps: int = setting(10, "log loss and metrics every N optimizer steps")
+    seed: int = setting(0, "seed for initialisation, shuffling and dropout")
+    threads: int = setting(0, "torch CPU threads; 0 = torch's default. Use 1 when tasks run side by side")
+
+    def _check_common(self, name: str) -> None:
+        lr, final = self.learning_rate, self.final_learning_rate  # type: ignore[attr-defined]
+        if lr <= 0 or not 0 <= final <= lr:
+            raise SrlmError(f"{name}: need learning_rate > 0 and 0 <= final_learning_rate <= learning_rate")
+        if self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise SrlmError(f"{name}: per_device_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise SrlmError(f"{name}: set epochs > 0 or max_steps > 0")
+        if not 0 <= self.dropout < 1:
+            raise SrlmError(f"{name}: dropout must be in [0, 1), got {self.dropout}")
+        if self.max_length < 16:
+            raise SrlmError(f"{name}: max_length must be >= 16, got {self.max_length}")
+        if self.mixed_precision not in PRECISIONS:
+            raise SrlmError(f"{name}: mixed_precision must be one of {', '.join(PRECISIONS)}")
+        if self.warmup < 0 or self.logging_steps < 1:
+            raise SrlmError(f"{name}: warmup must be >= 0 and logging_steps >= 1")
+
+
+@dataclasses.dataclass
+class SFTConfig(TrainingOptions, StageConfig):
+    learning_rate: float = setting(5.5e-6, "peak learning rate (paper: 5.5e-6)")
+    final_learning_rate: float = setting(1.1e-6, "learning rate at the end of the cosine decay (paper: 1.1e-6)")
+    epochs: float = setting(3.0, "passes over IFT + EFT (ours; the paper keeps the best checkpoint instead)")
+    assistant_only_loss: bool = setting(
+        True, "loss on assistant tokens only (paper); needs generation/endgeneration markers in the chat template"
+    )
+    judge_template: str = setting(
+        "", "judge prompt template file used to build EFT examples; empty = built-in rubric (use the judge's template)"
+    )
+    group_by_length: bool = setting(False, "batch examples of similar length together (less padding; less random)")
+
+    # tiny: measured on 2 CPU cores with the bundled seed set (64 IFT + 76 EFT examples). Many small steps
+    # teach the 1M-parameter model the judgement format far better than few large ones (batch 8 x 100 steps:
+    # ~5% of judgements parse; batch 1 x 600: 75-90%). Attention dropout doubles the CPU step time (SDPA falls
+    # back to its slow path) and only hurts a model this underfit, so the tiny runs train without it.
+    PRESETS = {
+        "tiny": {
+            "learning_rate": 2e-3,
+            "final_learning_rate": 4e-4,
+            "per_device_batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 600,
+            "max_length": 1024,
+            "warmup": 0.05,
+            "dropout": 0.0,
+            "gradient_checkpointing": False,
+            "logging_steps": 50,
+        }
+    }
+
+    def validate(self) -> None:
+        self._check_common("SFT config")
+
+
+@dataclasses.dataclass
+class DPOConfig(TrainingOptions, StageConfig):
+    learning_rate: float = setting(1e-6, "peak learning rate (paper: 1e-6)")
+    final_learning_rate: float = setting(1e-7, "learning rate at the end of the cosine decay (paper: 1e-7)")
+    beta: float = setting(0.1, "DPO beta: how far the policy may move from the reference (paper: 0.1)")
+    loss_type: list[str] = setting(
+        ["sigmoid"], "TRL DPO loss(es), e.g. sigmoid (DPO) or sigmoid,sft (DPO + NLL on chosen)"
+    )
+    precompute_ref_log_probs: bool = setting(
+        True, "compute the reference log-probs once before training (one model in memory); off = load a second copy"
+    )
+    min_pairs: int = setting(1, "fail when the round has fewer pairs than this")
+
+    PRESETS = {
+        "tiny": {
+            "learning_rate": 3e-4,
+            "final_learning_rate": 3e-5,
+            "per_device_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 30,
+            "max_length": 1024,
+            "warmup": 0.1,
+            "dropout": 0.0,
+            "gradient_checkpointing": False,
+            "logging_steps": 5,
+        }
+    }
+
+    def validate(self) -> None:
+        self._check_common("DPO config")
+        if self.beta <= 0:
+            raise SrlmError(f"DPO config: beta must be > 0, got {self.beta}")
+        if not self.loss_type:
+            raise SrlmError("DPO config: loss_type needs at least one loss, e.g. sigmoid")
+        if self.min_pairs < 1:
+            raise SrlmError(f"DPO config: min_pairs must be >= 1, got {self.min_pairs}")
+
+
+# ---------------------------------------------------------------- data
+
+
+def sft_examples(ift: list[Record], eft: list[Record], template: str) -> list[dict[str, Any]]:
+    """IFT conversations plus EFT judge examples, as TRL conversational rows ``{"messages": [...]}``."""
+    rows = [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in ift]
+    for r in eft:
+        user = judge.fill_template(template, r["prompt"], r["response"])
+        rows.append({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": r["judgement"]}]})
+    return rows
+
+
+def dpo_examples(pairs: list[Record]) -> list[dict[str, Any]]:
+    """Pair records as TRL conversational preference rows (prompt = user turn, replies = assistant turns)."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": p["prompt"]}],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in pairs
+    ]
+
+
+def read_pairs(path: str | Path, min_pairs: int = 1) -> list[Record]:
+    pairs = read_jsonl(path, "pair", allow_empty=True)
+    if len(pairs) < min_pairs:
+        raise SrlmError(
+            f"{path}: {len(pairs)} preference pairs; DPO needs at least {min_pairs}. The round's judging gave too few "
+            "(chosen, rejected) pairs: check the judge's parse failures and ties, or generate more prompts"
+        )
+    return pairs
+
+
+# ---------------------------------------------------------------- model and trainer setup
+
+
+def check_chat_template(tokenizer: Any, model: str | Path) -> str | None:
+    """Raise SrlmError unless assistant-only loss can mask this template.
+
+    A template with generation markers is used as is; for one without, TRL swaps in its own training version
+    when it knows the template (Llama 3, Qwen, Gemma, ...). Anything else fails here, before a model loads.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template):
+        return None
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError:
+        raise SrlmError(
+            f"{model}: the chat template has no {{% generation %}} ... {{% endgeneration %}} markers around the "
+            "assistant reply, so the SFT loss cannot be limited to response tokens. Add the markers to "
+            "chat_template.jinja (see srlm.tiny_model.CHAT_TEMPLATE) or set assistant_only_loss=false"
+        ) from None
+
+
+def load_for_training(model: str | Path, dropout: float) -> tuple[Any, dict[str, Any]]:
+    """Load the model in float32 with dropout set on its config; return it and the original dropout values."""
+    from transformers import AutoConfig
+
+    from srlm.generation import load_causal_lm
+
+    model_config = AutoConfig.from_pretrained(str(model))
+    original = {a: getattr(model_config, a) for a in DROPOUT_ATTRS if isinstance(getattr(model_config, a, None), float)}
+    if not original and dropout:
+        log.warning("%s: no dropout attribute (%s) in the model config; training without dropout", model, DROPOUT_ATTRS)
+    loaded = load_causal_lm(model, "float32", **{a: dropout for a in original})
+    return loaded, original
+
+
+def _precision(name: str) -> dict[str, bool]:
+    import torch
+
+    if name == "auto":
+        name = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"bf16": name == "bf16", "fp16": name == "fp16"}
+
+
+def trainer_args(config: SFTConfig | DPOConfig, work_dir: str | Path) -> dict[str, Any]:
+    """TrainingArguments shared by both stages: the paper's schedule, no checkpoints, no trackers."""
+    import torch
+
+    return {
+        "output_dir": str(work_dir),
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "lr_scheduler_kwargs": {"min_lr_rate": config.final_learning_rate / config.learning_rate},
+        "warmup_steps": config.warmup,
+        "weight_decay": config.weight_decay,
+        "per_device_train_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps if config.max_steps > 0 else -1,
+        "max_length": config.max_length,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "logging_steps": config.logging_steps,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "report_to": "none",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "dataloader_num_workers": 0,
+        **_precision(config.mixed_precision),
+    }
+
+
+def build_sft_trainer(
+    config: SFTConfig, model: str | Path, ift: str | Path, eft: str | Path | None, work_dir: str | Path
+) -> Any:
+    """Validate the inputs, load the model and return a ready TRL SFTTrainer (``run_sft`` trains it)."""
+    from datasets import Dataset
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    check_model_dir(model)
+    ift_records = read_jsonl(ift, "ift")
+    eft_records = read_jsonl(eft, "eft") if eft else []
+    rows = sft_examples(ift_records, eft_records, judge.load_template(config.judge_template or None))
+    set_threads(config.threads)
+    tokenizer = load_tokenizer(model)
+    if config.assistant_only_loss:
+        check_chat_template(tokenizer, model)
+    _warn_too_long(tokenizer, rows, config.max_length)
+    policy, original_dropout = load_for_training(model, config.dropout)
+    args = TrlSFTConfig(
+        **trainer_args(config, work_dir),
+        assistant_only_loss=config.assistant_only_loss,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+    )
+    trainer = SFTTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.srlm_original_dropout = original_dropout
+    trainer.srlm_counts = {"ift_examples": len(ift_records), "eft_examples": len(eft_records)}
+    return trainer
+
+
+def build_dpo_trainer(config: DPOConfig, model: str | Path, pairs: str | Path, work_dir: str | Path) -> Any:
+    """Validate the inputs (0 pairs fails before any model loads) and return a ready TRL DPOTrainer."""
+    from datasets import Dataset
+    from trl import DPOConfig as TrlDPOConfig
+    from trl import DPOTrainer
+
+    check_model_dir(model)
+    records = read_pairs(pairs, config.min_pairs)
+    set_threads(config.threads)
+    tokenizer = load_tokenizer(model)
+    policy, original_dropout = load_for_training(model, config.dropout)
+    # The reference is M(t) itself. Precomputed: its log-probs come from `policy` before training starts, in eval
+    # mode (no dropout). Otherwise a second, separate copy from the same directory (TRL refuses the same object).
+    ref = None if config.precompute_ref_log_probs else load_for_training(model, 0.0)[0]
+    args = TrlDPOConfig(
+        **trainer_args(config, work_dir),
+        beta=config.beta,
+        loss_type=list(config.loss_type),
+        precompute_ref_log_probs=config.precompute_ref_log_probs,
+        disable_dropout=False,  # dropout is the paper's 0.1 (config.dropout); set it to 0 to train without
+    )
+    trainer = DPOTrainer(
+        model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(dpo_examples(records)),
+        processing_class=tokenizer,
+    )
+    trainer.srlm_original_dropout = original_dropout
+    trainer.srlm_counts = {"pairs": len(records)}
+    return trainer
+
+
+def _warn_too_long(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> None:
+    """Long rows are cut at the end, which drops an EFT judgement's score line: say so."""
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    too_long = sum(n > max_length for n in lengths)
+    if too_long:
+        log.warning(
+            "%d of %d SFT examples are longer than max_length=%d tokens (longest %d) and are cut at the end; "
+            "cut EFT judgements lose their score line: raise max_length", too_long, len(rows), max_length, max(lengths)
+        )
+
+
+# ---------------------------------------------------------------- train, measure, save
+
+
+def train(trainer: Any, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the trainer; return its metrics. A non-finite loss is an SrlmError (nothing gets saved)."""
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "steps": result.global_step,
+        "examples": len(trainer.train_dataset),
+        "epochs": trainer.state.epoch,
+        "seconds": round(seconds, 2),
+        "samples_per_second": result.metrics.get("train_samples_per_second"),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **getattr(trainer, "srlm_counts", {}),
+    }
+    last = {k: v for h in history for k, v in h.items() if k in extra_keys}
+    metrics.update({"final_" + k.replace("/", "_"): v for k, v in last.items()})
+    if not all(math.isfinite(x) for x in [result.training_loss, *losses]):
+        raise SrlmError(f"training diverged (loss {result.training_loss}); lower the learning rate")
+    return metrics
+
+
+def save(
+    trainer: Any, out: str | Path, *, stage: str, parent: str | Path, data: dict[str, Any], config: Any, metrics: dict
+) -> None:
+    """Write weights, tokenizer, chat template and lineage to ``out`` in one atomic move."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for name, value in getattr(trainer, "srlm_original_dropout", {}).items():
+        setattr(model.config, name, value)  # dropout is a training setting, not part of the model
+    model.config.use_cache = True
+    with atomic_path(out, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
+        write_lineage(tmp, stage=stage, parent=parent, data=data, config=config.to_dict(), metrics=metrics)
+        check_model_dir(tmp)
+
+
+@contextlib.contextmanager
+def _work_dir(stage: str) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix=f"srlm-{stage}-") as work:
+        yield work
+
+
+def run_sft(
+    config: SFTConfig,
+    model: str | Path,
+    ift: str | Path,
+    out: str | Path,
+    eft: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Seed SFT: train ``model`` on IFT (+ EFT) conversations, loss on responses only; write M1 to ``out``."""
+    check_output_free(out, overwrite)
+    with _work_dir("sft") as work:
+        trainer = build_sft_trainer(config, model, ift, eft, work)
+        metrics = train(trainer, extra_keys=("mean_token_accuracy",))
+        data = {"ift": ift, **({"eft": eft} if eft else {})}
+        save(trainer, out, stage="sft", parent=model, data=data, config=config, metrics=metrics)
+    log.info("SFT done: %s -> %s %s", model, out, metrics)
+    return metrics
+
+
+DPO_LOG_KEYS = (
+    "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"
+)
+
+
+def run_dpo(
+    config: DPOConfig, model: str | Path, pairs: str | Path, out: str | Path, overwrite: bool = False
+) -> dict[str, Any]:
+    """One DPO round from M(t) (also the reference) on that round's pairs; write M(t+1) to ``out``."""
+    check_output_free(out, overwrite)
+    with _work_dir("dpo") as work:
+        trainer = build_dpo_trainer(config, model, pairs, work)
+        metrics = train(trainer, extra_keys=DPO_LOG_KEYS)
+        save(trainer, out, stage="dpo", parent=model, data={"pairs": pairs}, config=config, metrics=metrics)
+    log.info("DPO done: %s -> %s %s", model, out, metrics)
+    return metrics
