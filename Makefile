@@ -27,6 +27,9 @@ test: venv ## run the test suite (creates the venv when absent)
 demo: venv ## run one self-rewarding iteration stage by stage on the tiny model (CPU, minutes)
 	RUN_DIR=$(RUN_DIR) PY=$(PY) bash scripts/walkthrough.sh
 
+lint: venv ## static checks (ruff)
+	$(VENV)/bin/ruff check src tests
+
 bench: venv ## measure generation, judging and training throughput; writes bench.json
 	HF_HUB_OFFLINE=1 $(PY) -m srlm.bench --out bench.json
 
@@ -36,4 +39,4 @@ lock: venv ## refresh requirements.lock from the current venv
 clean: ## remove run outputs (keeps the venv)
 	rm -rf runs bench.json .pytest_cache
 
-.PHONY: help venv test demo bench lock clean
+.PHONY: help venv test lint demo bench lock clean

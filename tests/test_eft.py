@@ -11,6 +11,7 @@ import pytest
 from srlm import eft
 from srlm.errors import SrlmError
 from srlm.io import read_jsonl, write_jsonl
+from srlm.judge import JudgeConfig
 
 # ---------------------------------------------------------------- agreement
 
@@ -116,7 +117,7 @@ def test_split_edge_cases():
 
 
 def test_config_validation():
-    assert eft.EFTConfig.load("tiny").max_new_tokens == 48
+    assert eft.EFTConfig.load("tiny").max_new_tokens == JudgeConfig.load("tiny").max_new_tokens
     for bad in ({"eval_fraction": 1.0}, {"downsample": "x"}, {"eval_from": "x"}, {"max_prompts": -1}, {"samples": 0}):
         with pytest.raises(SrlmError):
             eft.EFTConfig.load(**bad)
@@ -304,16 +305,10 @@ def test_untrained_model_gives_no_scores(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_sft_model_as_judge(sft_model, tmp_path):
-    """The seed-SFT'd tiny model judges a small pool. Its scores are near random, so the run may
-    keep some prompts or (rarely) none; either way the result must be well formed."""
+    """The seed-SFT'd tiny model judges a small pool (seeded) and keeps the prompts it ranks like people."""
     out = tmp_path / "eft"
     config = eft.EFTConfig.load("tiny", eval_fraction=0.25, threads=1)
-    try:
-        stats = eft.run(config, sft_model, small_pool(tmp_path), out)
-    except SrlmError as e:
-        assert re.search(r"0 of \d+ prompts agreed with the human ranks", str(e))
-        assert not out.exists()
-        pytest.skip(f"the tiny judge agreed on no prompt: {e}")
+    stats = eft.run(config, sft_model, small_pool(tmp_path), out)
     assert stats["replies_judged"] > 0 and stats["prompts_agreeing"] >= 1
     train = read_jsonl(out / "eft_train.jsonl", "eft")
     held = read_jsonl(out / "eft_eval.jsonl", "eft_eval")

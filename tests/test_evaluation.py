@@ -286,7 +286,7 @@ def scripted(monkeypatch, tmp_path):
 
 
 def _winrate(prompts, tmp_path, judge, a="model-good", b="model-bad", **settings):
-    config = ev.WinRateConfig.load("tiny", **settings)
+    config = ev.WinRateConfig.load("tiny", **{"method": "pairwise", **settings})
     return ev.run_winrate(config, tmp_path / a, tmp_path / b, tmp_path / judge, prompts, tmp_path / f"out-{judge}-{a}")
 
 

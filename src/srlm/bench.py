@@ -10,15 +10,15 @@ The model is the locally built tiny one, so the figures compare code paths, not 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _peak_rss_mb() -> float:
@@ -60,8 +60,8 @@ def bench_generation(model: str, prompts: list[str], n: int, max_new_tokens: int
 
 
 def bench_judge(model: str, items: list[tuple[str, str]], threads: int) -> dict[str, Any]:
-    from srlm.judge import JudgeConfig, judge_pairs
     from srlm.generation import make_generator
+    from srlm.judge import JudgeConfig, judge_pairs
 
     config = JudgeConfig.load("tiny", threads=threads)
     gen = make_generator(model, config)

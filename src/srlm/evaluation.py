@@ -662,7 +662,7 @@ def winrate_report(metrics: dict[str, Any], rows: list[Record], examples: int = 
     lines += [
         "",
         "Paper, for context (GPT-4 judge, 256 prompts, both orders; win / tie / loss %): "
-        + "; ".join(f"{name} {w} / {t} / {l}" for name, (w, t, l) in PAPER_HEAD_TO_HEAD.items())
+        + "; ".join(f"{name} {w} / {t} / {lo}" for name, (w, t, lo) in PAPER_HEAD_TO_HEAD.items())
         + ". Not comparable with a different judge, model or prompt set.",
         "",
     ]

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from srlm.config import setting
 from srlm.errors import SrlmError
@@ -22,7 +22,7 @@ from srlm.modeldir import check_model_dir
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-Prompt = Union[str, Messages]
+Prompt = str | Messages
 BACKENDS = ("auto", "transformers")
 
 
