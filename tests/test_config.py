@@ -23,7 +23,7 @@ def test_precedence_preset_yaml_override(tmp_path):
     config = SamplingConfig.load("tiny", yaml_file, temperature="0.3")
     assert config.max_new_tokens == 99  # yaml beats preset
     assert config.temperature == 0.3  # flag beats yaml, coerced from str
-    assert config.batch_size == SamplingConfig.PRESETS["tiny"]["batch_size"]
+    assert config.n == 4 and config.top_p == 0.9  # untouched paper defaults
 
 
 def test_unknown_setting_and_bad_value(tmp_path):

@@ -76,7 +76,7 @@ def bench_training(kind: str, model: str, data: dict[str, str], out: str, steps:
     from srlm import training
 
     if kind == "sft":
-        config = training.SFTConfig.load("tiny", max_steps=steps, threads=threads)
+        config = training.SFTConfig.load("tiny", max_steps=steps, threads=threads, per_device_batch_size=8)
         metrics = training.run_sft(config, model, data["ift"], out, eft=data["eft"])
         batch = config.per_device_batch_size * config.gradient_accumulation_steps
     else:
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=64, help="prompts in the batched generation run")
     parser.add_argument("--sequential-prompts", type=int, default=8, help="prompts in the one-at-a-time run")
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass in the batched run")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the whole machine by default)")
     parser.add_argument("--train-steps", type=int, default=10)
@@ -114,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         prompts = (seed_data.ift_prompts(seed_data.bundled("ift")) * 4)[: args.prompts]
 
         print("generation: batched vs one sequence at a time ...", flush=True)
-        batched = isolated(bench_generation, str(m0), prompts, args.n, args.max_new_tokens, args.prompts * args.n, args.threads)
-        single = isolated(bench_generation, str(m0), prompts[: args.sequential_prompts], args.n, args.max_new_tokens, 1, args.threads)
+        batched = isolated(bench_generation, str(m0), prompts, args.n, args.max_new_tokens, args.batch_size, args.threads)
+        # The naive loop: one sequence per forward pass (each prompt repeated n times, n=1 per request).
+        one_by_one = [p for p in prompts[: args.sequential_prompts] for _ in range(args.n)]
+        single = isolated(bench_generation, str(m0), one_by_one, 1, args.max_new_tokens, 1, args.threads)
         results["generation"] = {"batched": batched, "one_at_a_time": single,
                                  "speedup": round(batched["tokens_per_second"] / single["tokens_per_second"], 2)}
 

@@ -385,7 +385,6 @@ class WinRateConfig(GenerationOptions, StageConfig):
             "judge_max_new_tokens": JudgeConfig.PRESETS["tiny"]["max_new_tokens"],
             "max_prompts": 8,
             "export_max_prompts": 8,
-            "batch_size": 96,
         }
     }
 

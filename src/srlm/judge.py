@@ -102,7 +102,7 @@ class JudgeConfig(GenerationOptions, StageConfig):
     template: str = setting("", "judge prompt template file with {instruction} and {response}; empty = built-in rubric")
 
     # 128 tokens: the bundled judgements run 63-118 tiny-tokenizer tokens before the score line.
-    PRESETS = {"tiny": {"max_new_tokens": 128, "batch_size": 96}}
+    PRESETS = {"tiny": {"max_new_tokens": 128}}
 
     def validate(self) -> None:
         if self.samples < 1:

@@ -23,7 +23,7 @@ class SamplingConfig(GenerationOptions, StageConfig):
     max_new_tokens: int = setting(512, "tokens per reply")
     max_prompts: int = setting(0, "use only the first N prompts; 0 = all")
 
-    PRESETS = {"tiny": {"max_new_tokens": 48, "batch_size": 96}}
+    PRESETS = {"tiny": {"max_new_tokens": 48}}
 
     def validate(self) -> None:
         if self.n < 2:
