@@ -9,6 +9,7 @@ leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -133,23 +134,36 @@ def validate(kind: str, record: Any, where: str = "<record>") -> Record:
     return record
 
 
-def iter_jsonl(path: str | os.PathLike, kind: str | None = None) -> Iterator[Record]:
-    """Yield the records of a JSONL file, validated against ``kind`` when given."""
+def iter_located(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """Yield ``("file:line", record)`` for each JSON line (gzip too), so later checks can name the line."""
     path = Path(path)
     if not path.is_file():
+        raise SrlmError(f"{path}: no such file")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SrlmError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                yield where, record
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # unreadable, truncated or corrupt (.gz) file
+        raise SrlmError(f"{path}: cannot read after line {lineno} ({type(e).__name__}: {e})") from None
+
+
+def iter_jsonl(path: str | os.PathLike, kind: str | None = None) -> Iterator[Record]:
+    """Yield the records of a JSONL file, validated against ``kind`` when given."""
+    if not Path(path).is_file():
         raise SrlmError(f"{path}: no such file" + (f" (expected {kind} records in JSONL)" if kind else ""))
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SrlmError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if kind is not None:
-                _check_record(kind, record, where)
-            yield record
+    for where, record in iter_located(path):
+        if kind is not None:
+            _check_record(kind, record, where)
+        yield record
 
 
 def read_jsonl(path: str | os.PathLike, kind: str | None = None, allow_empty: bool = False) -> list[Record]:

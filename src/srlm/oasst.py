@@ -34,8 +34,6 @@ is kept), so the same question cannot land in both IFT and the pool.
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
 import os
@@ -47,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from srlm.errors import SrlmError
-from srlm.io import Record
+from srlm.io import Record, iter_located
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +90,6 @@ def source_files(path: Path, split: str | None = None) -> list[Path]:
     return files
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """Like ``srlm.io.iter_jsonl`` (same file:line errors), but yields each record with its file:line
-    so a later field error can name the line too; also reads gzip-compressed JSONL."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    lineno = 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SrlmError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                yield where, record
-    except (OSError, EOFError, UnicodeDecodeError) as e:  # unreadable, truncated or corrupt (.gz) file
-        raise SrlmError(f"{path}: cannot read after line {lineno} ({type(e).__name__}: {e})") from None
-
-
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         import pyarrow.parquet as pq
@@ -130,7 +108,7 @@ def iter_file(path: Path) -> Iterator[tuple[str, Any]]:
     """``(where, record)`` for each record of one data file; ``where`` is file:line or file (row N)."""
     if path.name.endswith(".parquet"):
         return _iter_parquet(path)
-    return _iter_jsonl(path)
+    return iter_located(path)
 
 
 def detect_shape(record: Any, where: str) -> str:
