@@ -41,3 +41,17 @@ def test_user_template(tmp_path):
         load_template(bad)
     with pytest.raises(SrlmError, match="not found"):
         load_template(tmp_path / "missing.txt")
+
+
+def test_judge_without_any_valid_score_stops(tiny_model, tmp_path):
+    """The untrained M0 never writes a score line: judging must stop with the counts, writing nothing."""
+    from srlm import judge
+    from srlm.io import write_jsonl
+
+    candidates = tmp_path / "candidates.jsonl"
+    write_jsonl(candidates, [{"id": "a", "prompt": "Name a fruit.", "replies": ["Apple.", "A stone."]}], "candidates")
+    out = tmp_path / "judgements.jsonl"
+    config = judge.JudgeConfig.load("tiny", max_new_tokens=8)
+    with pytest.raises(SrlmError, match=r"no valid score in 6 judgements of 2 replies"):
+        judge.run(config, tiny_model, candidates, out)
+    assert not out.exists()

@@ -48,6 +48,8 @@ class PromptGenConfig(GenerationOptions, StageConfig):
     max_words: int = setting(150, "longest prompt kept, in words")
     max_rounds: int = setting(50, "generation rounds before giving up on reaching num_prompts")
     requests_per_round: int = setting(0, "few-shot requests per round; 0 = the prompts still missing")
+    prompt_model: str = setting("", "model directory that writes the prompts; empty = the current model M(t) "
+                                "(the paper used a fixed, stronger model)")
 
     PRESETS = {"tiny": {"num_prompts": 24, "max_new_tokens": 40, "max_rounds": 4, "min_words": 2}}
 
@@ -127,7 +129,7 @@ def run(
     if len(seeds) < config.seed_shots:
         raise SrlmError(f"{seed_prompts or 'bundled seed'}: {len(seeds)} seed prompts, fewer than seed_shots={config.seed_shots}")
     rng = random.Random(config.seed)
-    generator = make_generator(model, config)
+    generator = make_generator(config.prompt_model or model, config)
     kept = PromptFilter(config, seeds)
     accepted: list[str] = []
     proposed = 0
