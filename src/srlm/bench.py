@@ -2,7 +2,8 @@
 
 Each measurement runs in its own child process so its peak memory (max RSS) is its own.
 - generation: the same requests batched vs one sequence at a time (tokens/s and the ratio);
-- judging: rubric judgements per second with the judge's tiny settings;
+- judging: rubric judgements per second with the judge's tiny settings, on the model after the
+  bench's few SFT steps (it rarely reaches a score line, so judgements run to max_new_tokens);
 - training: SFT and DPO seconds per optimizer step and peak memory.
 The model is the locally built tiny one, so the figures compare code paths, not hardware.
 """
@@ -151,7 +152,7 @@ def summary(r: dict[str, Any]) -> str:
         ("generation, batched", f"{g['batched']['tokens_per_second']:.0f} tok/s", f"{g['batched']['peak_rss_mb']:.0f} MB"),
         ("generation, one at a time", f"{g['one_at_a_time']['tokens_per_second']:.0f} tok/s", f"{g['one_at_a_time']['peak_rss_mb']:.0f} MB"),
         ("  batched / one at a time", f"{g['speedup']:.1f}x", ""),
-        ("judging (tiny M1)", f"{r['judge']['judgements_per_second']:.1f} judgements/s", f"{r['judge']['peak_rss_mb']:.0f} MB"),
+        (f"judging ({r['judge']['judgements']} judgements, parse rate {1 - r['judge']['parse_failure_rate']:.0%})", f"{r['judge']['judgements_per_second']:.1f} judgements/s", f"{r['judge']['peak_rss_mb']:.0f} MB"),
         (f"SFT step (batch {r['sft']['batch_size']})", f"{r['sft']['seconds_per_step']:.3f} s", f"{r['sft']['peak_rss_mb']:.0f} MB"),
         (f"DPO step (batch {r['dpo']['batch_size']})", f"{r['dpo']['seconds_per_step']:.3f} s", f"{r['dpo']['peak_rss_mb']:.0f} MB"),
     ]
