@@ -88,6 +88,10 @@ COMMANDS = (
              Path_("out", "model_outputs.json to write"),
              Path_("generator_name", "name recorded in the 'generator' field", required=False)),
             "write a model's answers in AlpacaEval's model_outputs.json format"),
+    Command("promote", "tracking", "PromotionRule", "run_promote",
+            (Path_("name", "registered model name in MLflow (tracking URI from MLFLOW_TRACKING_URI)"),
+             Path_("version", "model version to consider (default: the newest)", required=False)),
+            "set `challenger` on a registered model version; move `champion` to it when the promotion rule holds"),
 )
 
 
