@@ -1,0 +1,48 @@
+"""Validation, model registration and the promotion gate (MLflow)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import image
+
+
+@dsl.component(base_image=image("validate"), install_kfp_package=False)
+def validate(
+    base_model: dict, data: dict, sampling: dict, judging: dict, training: dict, evaluation: dict, mlflow: dict,
+    kfp_run_id: str, base_model_kind: str, eft_build: bool, iterations: int, metrics: Output[Metrics],
+) -> str:
+    """Check settings, data, templates, MLflow and the promotion rule before any GPU work; the base model URI."""
+    from srlm import steps
+
+    groups = dict(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
+                  evaluation=evaluation, mlflow={**mlflow, "kfp_run_id": kfp_run_id})
+    result = steps.validate(**groups, base_model_kind=base_model_kind, eft_build=eft_build, iterations=iterations)
+    steps.to_kfp(metrics, result)
+    return result["base_model_uri"]
+
+
+@dsl.component(base_image=image("register"), install_kfp_package=False)
+def register_model(
+    model: Input[Model], evaluation_details: Input[Dataset], iteration: int, parent_version: str, mlflow: dict,
+    kfp_run_id: str, metrics: Output[Metrics],
+) -> str:
+    """Register M(t) by reference in the MLflow registry (lineage tags, key metrics, alias iter-<t>); the version."""
+    from srlm import steps
+
+    result = steps.register({**mlflow, "kfp_run_id": kfp_run_id}, model.path, model.uri, evaluation_details.path,
+                            iteration, parent_version)
+    steps.to_kfp(metrics, result)
+    return result["version"]
+
+
+@dsl.component(base_image=image("promote"), install_kfp_package=False)
+def promote_gate(
+    evaluation: dict, model: Input[Model], judge_model: Input[Model], eft: Input[Dataset], version: str,
+    mlflow: dict, kfp_run_id: str, report: Output[Markdown], metrics: Output[Metrics],
+):
+    """Set challenger on the newest M(t); move champion only when the promotion rule holds."""
+    from srlm import steps
+
+    stats = steps.promote_gate(evaluation, {**mlflow, "kfp_run_id": kfp_run_id}, version, model.path,
+                               judge_model.path, eft.path, report.path)
+    steps.to_kfp(metrics, stats)

@@ -1,0 +1,32 @@
+"""Training components: seed SFT (M0 -> M1, or the IFT-only SFT baseline) and a DPO round."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.images import image
+
+
+@dsl.component(base_image=image("sft"), install_kfp_package=False)
+def seed_sft(
+    training: dict, base_model: Input[Model], seed: Input[Dataset], eft: Input[Dataset], with_eft: bool,
+    mlflow: dict, kfp_run_id: str, model: Output[Model], metrics: Output[Metrics],
+):
+    """Seed SFT on IFT + EFT data: M0 -> M1 (with_eft=False: the IFT-only SFT baseline)."""
+    from srlm import steps
+
+    stats = steps.sft(training, base_model.path, seed.path, eft.path, model.path, with_eft,
+                      {**mlflow, "kfp_run_id": kfp_run_id})
+    steps.to_kfp(metrics, stats)
+
+
+@dsl.component(base_image=image("dpo"), install_kfp_package=False)
+def dpo(
+    training: dict, model: Input[Model], pairs: Input[Dataset], iteration: int, mlflow: dict, kfp_run_id: str,
+    trained_model: Output[Model], metrics: Output[Metrics],
+):
+    """One DPO round on the round's preference pairs: M(t-1) -> M(t), reference = M(t-1)."""
+    from srlm import steps
+
+    stats = steps.dpo(training, model.path, pairs.path, trained_model.path, iteration,
+                      {**mlflow, "kfp_run_id": kfp_run_id})
+    steps.to_kfp(metrics, stats)

@@ -1,0 +1,136 @@
+"""Compile-time settings of the pipeline: what is fixed in the YAML rather than passed per run.
+
+Two profiles: ``CLUSTER`` (paper presets, a Hugging Face base model imported by URI, the EFT
+build from OpenAssistant data, one GPU per GPU task, tolerations and a node selector, MLflow at
+the in-cluster service) and ``TINY`` (tiny presets, the tiny model built in the pipeline,
+bundled EFT data, no GPU requests, MLflow from the environment: the local run's SQLite store).
+``python -m pipelines.compile --set key=value`` changes any field (values parsed as YAML).
+
+Run-time parameters (the settings groups in ``srlm.steps``) default to ``defaults`` below; a
+run can pass any group as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from kfp import kubernetes
+
+# Task kinds: what each stage asks of the cluster.
+GPU_KINDS = ("training", "generation", "evaluation")
+TASK_KINDS = {
+    "validate": "cpu",
+    "tiny_model": "cpu",
+    "seed_data": "cpu",
+    "build_eft": "generation",
+    "sft": "training",
+    "prompts": "generation",
+    "sample": "generation",
+    "judge": "generation",
+    "pairs": "cpu",
+    "dpo": "training",
+    "evaluate": "evaluation",
+    "register": "cpu",
+    "promote": "evaluation",  # may play a head-to-head against an earlier champion
+}
+# Deterministic stages keep KFP's cache; stochastic or side-effecting ones (sampling, judging,
+# prompt generation, training, evaluation, registration, promotion, validation) never reuse it.
+CACHED = frozenset({"tiny_model", "seed_data", "pairs"})
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    name: str = "self-rewarding-lm"
+    description: str = "Self-Rewarding Language Models: seed SFT, then DPO rounds on self-judged pairs, tracked in MLflow."
+    iterations: int = 3  # M1..M<iterations>: the seed SFT plus iterations-1 DPO rounds
+    base_model: str = "hf"  # tiny: build the tiny model in the pipeline; hf: import a model directory by URI
+    eft_build: bool = True  # build EFT data with an IFT-only SFT baseline judging the seed's EFT pool
+    defaults: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    accelerator_type: str = "nvidia.com/gpu"
+    gpus: dict[str, int] = dataclasses.field(default_factory=lambda: {kind: 1 for kind in GPU_KINDS})
+    tolerations: tuple[dict[str, Any], ...] = ()
+    node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
+    mlflow_tracking_uri: str = ""  # set as MLFLOW_TRACKING_URI on every task; "" = the environment's
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # more plain env vars (never secrets)
+    secret_env: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"secret": NAME, "keys": {KEY: ENV_VAR}}
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.base_model not in ("tiny", "hf"):
+            raise ValueError(f"base_model must be tiny or hf, got {self.base_model!r}")
+        unknown = sorted(set(self.gpus) - set(GPU_KINDS))
+        if unknown:
+            raise ValueError(f"gpus: unknown task kind(s) {unknown}; known: {list(GPU_KINDS)}")
+        for key in self.env:
+            if any(word in key.upper() for word in ("SECRET", "PASSWORD", "TOKEN", "KEY")):
+                raise ValueError(f"env {key}: put credentials in a Kubernetes secret (secret_env), not in the YAML")
+        if self.secret_env and not ({"secret", "keys"} <= set(self.secret_env)):
+            raise ValueError("secret_env needs 'secret' (the Kubernetes secret name) and 'keys' ({secret key: env var})")
+
+    def replace(self, **changes: Any) -> PipelineSettings:
+        return dataclasses.replace(self, **changes)
+
+
+GROUPS = ("base_model", "data", "sampling", "judging", "training", "evaluation", "mlflow")
+
+CLUSTER = PipelineSettings(
+    defaults={
+        "base_model": {"uri": ""},
+        "data": {"preset": "paper", "seed": {"source": "OpenAssistant/oasst1"}},
+        "sampling": {"preset": "paper"},
+        "judging": {"preset": "paper"},
+        "training": {"preset": "paper"},
+        "evaluation": {"preset": "paper"},
+        "mlflow": {"enabled": True, "experiment": "self-rewarding-lm", "model_name": "srlm"},
+    },
+    tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+    node_selector={"nvidia.com/gpu.present": "true"},
+    mlflow_tracking_uri="http://mlflow.srlm.svc.cluster.local:5000",
+)
+
+TINY = PipelineSettings(
+    name="self-rewarding-lm-tiny",
+    description="Self-Rewarding Language Models on a tiny locally built model (CPU, minutes; numbers mean nothing).",
+    base_model="tiny",
+    eft_build=False,
+    defaults={
+        "base_model": {"preset": "tiny"},
+        "data": {"preset": "tiny"},
+        "sampling": {"preset": "tiny"},
+        "judging": {"preset": "tiny"},
+        "training": {"preset": "tiny"},
+        "evaluation": {"preset": "tiny"},
+        "mlflow": {"enabled": True, "experiment": "srlm-demo", "model_name": "srlm-tiny"},
+    },
+    gpus={kind: 0 for kind in GPU_KINDS},
+)
+
+PROFILES = {"cluster": CLUSTER, "tiny": TINY}
+
+
+def configure(task: Any, stage: str, settings: PipelineSettings, display_name: str | None = None) -> Any:
+    """Caching, GPU request, tolerations, node selector and MLflow env for one task, from ``settings``."""
+    if stage not in TASK_KINDS:
+        raise KeyError(f"unknown stage {stage!r}; known: {sorted(TASK_KINDS)}")
+    if display_name:
+        task.set_display_name(display_name)
+    task.set_caching_options(stage in CACHED)
+    kind = TASK_KINDS[stage]
+    gpus = settings.gpus.get(kind, 0)
+    if gpus:
+        task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(gpus)
+        for toleration in settings.tolerations:
+            kubernetes.add_toleration(task, **toleration)
+        for key, value in sorted(settings.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if settings.mlflow_tracking_uri:
+        task.set_env_variable("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    for key, value in sorted(settings.env.items()):
+        task.set_env_variable(key, value)
+    if settings.secret_env:
+        kubernetes.use_secret_as_env(task, secret_name=settings.secret_env["secret"],
+                                     secret_key_to_env=dict(settings.secret_env["keys"]),
+                                     optional=bool(settings.secret_env.get("optional", False)))
+    return task

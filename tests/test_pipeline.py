@@ -1,0 +1,336 @@
+"""The compiled pipeline: golden YAML, graph shape, task settings, and a local end-to-end run.
+
+The graph tests read the committed YAML (what a cluster runs), not the Python definition.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the repository root
+    sys.path.insert(0, str(ROOT))
+
+from pipelines import compile as pc  # noqa: E402
+from pipelines.settings import CACHED, GROUPS, TASK_KINDS  # noqa: E402
+
+COMPILED = ROOT / "pipelines" / "compiled"
+SDK_LINE = re.compile(r"^\s*sdkVersion: kfp-[\w.]+\s*$", re.MULTILINE)
+# component name (without -<n>) -> stage (pipelines/settings.py) and image key (images/images.json)
+COMPONENT_STAGE = {
+    "validate": ("validate", "validate"), "tiny-model": ("tiny_model", "tiny_model"), "seed-data": ("seed_data", "seed"),
+    "build-eft": ("build_eft", "eft"), "seed-sft": ("sft", "sft"), "generate-prompts": ("prompts", "prompts"),
+    "sample-candidates": ("sample", "sample"), "judge-candidates": ("judge", "judge"), "build-pairs": ("pairs", "pairs"),
+    "dpo": ("dpo", "dpo"), "evaluate": ("evaluate", "evaluate"), "register-model": ("register", "register"),
+    "promote-gate": ("promote", "promote"),
+}
+ITERATION_ORDER = ["generate-prompts", "sample-candidates", "judge-candidates", "build-pairs", "dpo", "evaluate",
+                   "register-model"]
+
+
+def strip_sdk(text):
+    return SDK_LINE.sub("", text)
+
+
+def load(path):
+    spec, *platform = yaml.safe_load_all(Path(path).read_text())
+    return spec, (platform[0] if platform else {})
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return load(COMPILED / "self_rewarding.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load(COMPILED / "self_rewarding_tiny.yaml")
+
+
+def base(name):
+    """comp-seed-sft-2 / seed-sft-2 -> seed-sft."""
+    return re.sub(r"-\d+$", "", name.removeprefix("comp-"))
+
+
+def tasks_of(spec, component=None):
+    dag = spec["root"]["dag"] if component is None else spec["components"][component]["dag"]
+    return dag["tasks"]
+
+
+def container_tasks(spec):
+    """(dag name, task name, task) for every task that runs a container, in the root DAG and the sub-DAGs."""
+    out = []
+    dags = [("root", spec["root"]["dag"])] + [(n, c["dag"]) for n, c in spec["components"].items() if "dag" in c]
+    for dag_name, dag in dags:
+        for name, task in dag["tasks"].items():
+            label = spec["components"][task["componentRef"]["name"]].get("executorLabel")
+            if label and "container" in spec["deploymentSpec"]["executors"][label]:  # not the importer
+                out.append((dag_name, name, task))
+    return out
+
+
+def executor(spec, task):
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return label, spec["deploymentSpec"]["executors"][label]
+
+
+def ancestors(tasks, name):
+    seen, todo = set(), list(tasks[name].get("dependentTasks", []))
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(tasks[dep].get("dependentTasks", []))
+    return seen
+
+
+def by_display(tasks):
+    return {t["taskInfo"]["name"]: name for name, t in tasks.items()}
+
+
+# --------------------------------------------------------------------------- golden YAML
+
+
+def test_compiled_yaml_is_committed_and_current(tmp_path):
+    """`make pipeline` output must be committed: recompile and compare (SDK version line ignored)."""
+    pc.compile_all(tmp_path)
+    for name in pc.OUTPUTS.values():
+        committed = COMPILED / name
+        assert committed.is_file(), f"{committed} missing: run `make pipeline` and commit it"
+        fresh = (tmp_path / name).read_text()
+        assert strip_sdk(committed.read_text()) == strip_sdk(fresh), (
+            f"{committed} is stale: run `make pipeline` and commit the result")
+
+
+def test_compile_is_deterministic_across_processes(tmp_path):
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-m", "pipelines.compile", "--out-dir", str(tmp_path / seed)], cwd=ROOT,
+                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed})
+    for name in pc.OUTPUTS.values():
+        assert (tmp_path / "1" / name).read_text() == (tmp_path / "2" / name).read_text()
+
+
+# --------------------------------------------------------------------------- graph
+
+
+def test_parameters_are_the_settings_groups(cluster, tiny):
+    for (spec, _), preset in ((cluster, "paper"), (tiny, "tiny")):
+        params = spec["root"]["inputDefinitions"]["parameters"]
+        assert sorted(params) == sorted(GROUPS)
+        assert {p["parameterType"] for p in params.values()} == {"STRUCT"}
+        assert params["training"]["defaultValue"] == {"preset": preset}
+
+
+def test_validation_comes_first_and_everything_depends_on_it(cluster, tiny):
+    for spec, _ in (cluster, tiny):
+        tasks = tasks_of(spec)
+        roots = [n for n, t in tasks.items() if not t.get("dependentTasks")]
+        assert roots == ["validate"]
+        for name in tasks:
+            if name != "validate":
+                assert "validate" in ancestors(tasks, name), name
+
+
+def test_seed_part_order_with_eft_build(cluster):
+    spec, _ = cluster
+    tasks = tasks_of(spec)
+    named = by_display(tasks)
+    order = ["Validate inputs and settings", "M0: import the base model", "SFT baseline (IFT only)", "EFT build",
+             "M1: seed SFT (IFT + EFT)", "Evaluate M1", "Register M1", "Iteration 2", "Iteration 3", "Promotion gate"]
+    for earlier, later in zip(order, order[1:]):
+        assert named[earlier] in ancestors(tasks, named[later]), (earlier, later)
+    assert named["Seed data"] in ancestors(tasks, named["SFT baseline (IFT only)"])
+    # the importer takes the base model URI that validation checked
+    importer = tasks[named["M0: import the base model"]]
+    assert importer["inputs"]["parameters"]["uri"]["taskOutputParameter"]["producerTask"] == "validate"
+
+
+def test_tiny_variant_builds_the_base_model_and_skips_the_eft_build(tiny):
+    spec, _ = tiny
+    named = by_display(tasks_of(spec))
+    assert "M0: build the tiny model" in named and "M0: import the base model" not in named
+    assert "EFT build" not in named and "SFT baseline (IFT only)" not in named
+
+
+def test_one_sub_dag_per_dpo_round_in_order(cluster, tiny):
+    for spec, _ in (cluster, tiny):
+        tasks = tasks_of(spec)
+        rounds = {t["taskInfo"]["name"]: (n, t) for n, t in tasks.items()
+                  if "dag" in spec["components"][t["componentRef"]["name"]]}
+        assert sorted(rounds) == ["Iteration 2", "Iteration 3"]
+        (n2, t2), (n3, t3) = rounds["Iteration 2"], rounds["Iteration 3"]
+        assert n2 in t3["dependentTasks"]
+        assert t2["inputs"]["parameters"]["iteration"]["runtimeValue"]["constant"] == 2
+        assert t3["inputs"]["parameters"]["iteration"]["runtimeValue"]["constant"] == 3
+        # M(t-1) and its registry version come from the previous round
+        assert t3["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == n2
+        assert t3["inputs"]["parameters"]["parent_version"]["taskOutputParameter"]["producerTask"] == n2
+        for _, task in rounds.values():
+            inner = tasks_of(spec, task["componentRef"]["name"])
+            names = {base(n): n for n in inner}
+            assert sorted(names) == sorted(ITERATION_ORDER)
+            for earlier, later in zip(ITERATION_ORDER, ITERATION_ORDER[1:]):
+                assert names[earlier] in ancestors(inner, names[later]), (earlier, later)
+        gate = next(t for t in tasks.values() if t["taskInfo"]["name"] == "Promotion gate")
+        assert n3 in gate["dependentTasks"]
+
+
+def test_iterations_is_a_compile_time_setting(tmp_path):
+    for iterations, expected in ((4, ["Iteration 2", "Iteration 3", "Iteration 4"]), (1, [])):
+        out = pc.compile_pipeline(pc.settings_for("tiny", {"iterations": iterations}), tmp_path / f"{iterations}.yaml")
+        spec, _ = load(out)
+        tasks = tasks_of(spec)
+        rounds = sorted(t["taskInfo"]["name"] for t in tasks.values()
+                        if "dag" in spec["components"][t["componentRef"]["name"]])
+        assert rounds == expected
+        named = by_display(tasks)
+        gate = tasks[named["Promotion gate"]]
+        last = named["Register M1"] if iterations == 1 else named[f"Iteration {iterations}"]
+        assert gate["inputs"]["parameters"]["version"]["taskOutputParameter"]["producerTask"] == last
+
+
+def test_every_task_runs_its_stages_image_from_images_json(cluster, tiny):
+    images = json.loads((ROOT / "images" / "images.json").read_text())
+    for spec, _ in (cluster, tiny):
+        for _, name, task in container_tasks(spec):
+            _, ex = executor(spec, task)
+            _, key = COMPONENT_STAGE[base(task["componentRef"]["name"])]
+            assert ex["container"]["image"] == f"{images['registry']}/{images['images'][key]}:{images['tag']}", name
+            assert "pip install" not in " ".join(ex["container"]["command"]), name
+
+
+def test_caching_only_for_deterministic_tasks(cluster, tiny):
+    for spec, _ in (cluster, tiny):
+        for dag, name, task in container_tasks(spec):
+            stage, _ = COMPONENT_STAGE[base(task["componentRef"]["name"])]
+            cached = task.get("cachingOptions", {}).get("enableCache", False)
+            assert cached == (stage in CACHED), (dag, name)
+    assert {"sample", "judge", "prompts", "register", "promote", "validate", "sft", "dpo"}.isdisjoint(CACHED)
+
+
+def test_gpu_tasks_request_gpus_with_tolerations_and_node_selector(cluster, tiny):
+    spec, platform = cluster
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    gpu_stages = {s for s, kind in TASK_KINDS.items() if kind != "cpu"}
+    assert {"sft", "dpo", "sample", "judge", "prompts", "evaluate"} <= gpu_stages
+    seen = set()
+    for _, name, task in container_tasks(spec):
+        stage, _ = COMPONENT_STAGE[base(task["componentRef"]["name"])]
+        label, ex = executor(spec, task)
+        accelerator = ex["container"].get("resources", {}).get("accelerator")
+        if stage in gpu_stages:
+            seen.add(stage)
+            assert accelerator["resourceType"] == "nvidia.com/gpu" and int(accelerator["resourceCount"]) >= 1, name
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[label]["tolerations"]
+            assert k8s[label]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        else:
+            assert accelerator is None and label not in k8s, name
+    assert seen == gpu_stages
+    # the tiny variant runs on a CPU: no accelerator anywhere
+    tiny_spec, _ = tiny
+    assert all("accelerator" not in executor(tiny_spec, t)[1]["container"].get("resources", {})
+               for _, _, t in container_tasks(tiny_spec))
+
+
+def test_mlflow_uri_reaches_every_task_as_an_env_var(cluster):
+    spec, _ = cluster
+    for _, name, task in container_tasks(spec):
+        env = {e["name"]: e["value"] for e in executor(spec, task)[1]["container"].get("env", [])}
+        assert env.get("MLFLOW_TRACKING_URI") == "http://mlflow.srlm.svc.cluster.local:5000", name
+
+
+SECRET_VALUE = re.compile(
+    r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|gh[pousr]_[A-Za-z0-9]{20,}|hf_[A-Za-z0-9]{20,}|"
+    r"xox[baprs]-|://[^/\s:@'\"]+:[^/\s@'\"]+@"
+)
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL", re.IGNORECASE)
+
+
+def test_no_secret_values_anywhere_in_the_yaml(cluster, tiny):
+    for path in pc.OUTPUTS.values():
+        text = (COMPILED / path).read_text()
+        assert not SECRET_VALUE.search(text), path
+    for spec, _ in (cluster, tiny):
+        for ex in spec["deploymentSpec"]["executors"].values():
+            for env in ex.get("container", {}).get("env", []):
+                assert not SECRET_NAME.search(env["name"]), f"{env['name']} carries a value: use a Kubernetes secret"
+
+
+def test_secrets_are_referenced_never_inlined(tmp_path):
+    out = pc.compile_pipeline(
+        pc.settings_for("cluster", {"secret_env": {"secret": "mlflow-auth", "keys": {
+            "username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}}}),
+        tmp_path / "with-secret.yaml")
+    _, platform = load(out)
+    refs = [ex.get("secretAsEnv") for ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()]
+    assert refs and all(r and r[0]["secretName"] == "mlflow-auth" for r in refs)
+    with pytest.raises(ValueError, match="Kubernetes secret"):
+        pc.settings_for("cluster", {"env": {"AWS_SECRET_ACCESS_KEY": "x"}})
+
+
+# --------------------------------------------------------------------------- local end-to-end
+
+
+@pytest.mark.slow
+def test_local_end_to_end_run_of_the_compiled_tiny_pipeline(tmp_path):
+    """`make demo`'s run: the committed tiny YAML through kfp.local, MLflow in a SQLite store."""
+    run_dir = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--run-dir", str(run_dir)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "say nothing about quality" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(json.dumps({k: summary[k] for k in ("pipeline_seconds", "stages", "task_overhead_seconds_mean")}, indent=1))
+
+    models = summary["models"]
+    assert [m["model"] for m in models] == ["M1", "M2", "M3"]
+    assert [m["parent_version"] for m in models] == [None, models[0]["version"], models[1]["version"]]
+    for t, m in enumerate(models, start=1):
+        assert f"iter-{t}" in m["aliases"]
+        assert 0.0 <= m["rm_pairwise_accuracy"] <= 1.0 and 0.0 <= m["adjusted_win_rate_vs_previous"] <= 1.0
+    assert all(m["pairs"] and m["pairs"] > 0 for m in models[1:])
+    assert summary["champion"] == summary["challenger"] == models[-1]["version"]  # fresh store: first challenger wins
+    for name in ("M1", "M2", "M3", "promotion"):
+        assert Path(summary["reports"][name]).is_file()
+    assert Path(summary["reports"]["M3"]).read_text().startswith("# Evaluation of M3")
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": summary["mlflow"]["tracking_uri"]}
+    check = subprocess.run([sys.executable, "-c", MLFLOW_CHECK, summary["mlflow"]["experiment"],
+                            summary["mlflow"]["model_name"]], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stderr[-3000:]
+    found = json.loads(check.stdout.strip().splitlines()[-1])
+    for t in ("1", "2", "3"):
+        assert {"evaluate", "register"} <= set(found["stages"][t]), t
+        assert found["metrics"][t]["pairwise_accuracy"] is not None
+    assert {"prompts", "sample", "judge", "pairs", "dpo"} <= set(found["stages"]["2"]) & set(found["stages"]["3"])
+    assert found["parent_status"] == "FINISHED"
+    for version in found["versions"]:
+        assert Path(version["source"]).is_dir()  # registered by reference to the KFP artifact
+        assert version["tags"]["lineage.iteration"] == version["tags"]["iteration"]
+        assert any(k.startswith("data_digest.") for k in version["tags"])
+
+
+MLFLOW_CHECK = """
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient()
+experiment = client.get_experiment_by_name(sys.argv[1])
+runs = client.search_runs([experiment.experiment_id])
+stages, metrics, parent = {}, {}, None
+for r in runs:
+    t = r.data.tags
+    if t.get("srlm.kind") == "pipeline":
+        parent = r.info.status
+    elif "iteration" in t:
+        stages.setdefault(t["iteration"], []).append(t["stage"])
+        if t["stage"] == "evaluate":
+            metrics[t["iteration"]] = {"pairwise_accuracy": r.data.metrics.get("pairwise_accuracy")}
+versions = [{"source": v.source, "tags": dict(v.tags)} for v in client.search_model_versions(f"name = '{sys.argv[2]}'")]
+print(json.dumps({"stages": stages, "metrics": metrics, "parent_status": parent, "versions": versions}))
+"""
