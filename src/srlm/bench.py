@@ -11,6 +11,7 @@ The model is the locally built tiny one, so the figures compare code paths, not 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the whole machine by default)")
     parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--demo-runs", default="runs/demo", help="where `make demo` writes its runs (newest is reported)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -140,10 +142,23 @@ def main(argv: list[str] | None = None) -> int:
         results["dpo"] = isolated(bench_training, "dpo", str(tmp_path / "m1"), {"pairs": str(tmp_path / "pairs.jsonl")},
                                   str(tmp_path / "m2"), args.train_steps, args.threads)
 
+    demo = latest_demo_summary(Path(args.demo_runs))
+    if demo:
+        results["pipeline_demo"] = demo
     write_json(args.out, results)
     print(summary(results))
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def latest_demo_summary(runs: Path) -> dict[str, Any] | None:
+    """Per-stage wall times and per-task overhead of the newest `make demo` run, if there is one."""
+    found = sorted(runs.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return None
+    s = json.loads(found[-1].read_text(encoding="utf-8"))
+    keys = ("run_dir", "pipeline_seconds", "task_overhead_seconds_mean", "stages")
+    return {k: s.get(k) for k in keys}
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -156,6 +171,13 @@ def summary(r: dict[str, Any]) -> str:
         (f"SFT step (batch {r['sft']['batch_size']})", f"{r['sft']['seconds_per_step']:.3f} s", f"{r['sft']['peak_rss_mb']:.0f} MB"),
         (f"DPO step (batch {r['dpo']['batch_size']})", f"{r['dpo']['seconds_per_step']:.3f} s", f"{r['dpo']['peak_rss_mb']:.0f} MB"),
     ]
+    demo = r.get("pipeline_demo")
+    if demo:
+        rows.append((f"tiny 3-iteration pipeline (make demo, {demo['run_dir']})", f"{demo['pipeline_seconds']:.0f} s", ""))
+        rows.append(("  mean KFP task overhead", f"{demo['task_overhead_seconds_mean']} s", ""))
+        rows += [(f"  {stage} x{int(t['tasks'])}", f"{t['stage_seconds']:.1f} s", "") for stage, t in demo["stages"].items()]
+    else:
+        rows.append(("tiny pipeline", "run `make demo` first", ""))
     width = max(len(a) for a, _, _ in rows)
     lines = [f"{'measurement':<{width}}  {'throughput':>22}  {'peak RSS':>9}"]
     lines += [f"{a:<{width}}  {b:>22}  {c:>9}" for a, b, c in rows]
