@@ -24,11 +24,23 @@ venv: $(VENV)/.installed ## create the virtual environment (pinned versions from
 test: venv ## run the test suite (creates the venv when absent)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-demo: venv ## run one self-rewarding iteration stage by stage on the tiny model (CPU, minutes)
+demo: venv ## run the compiled pipeline (tiny YAML) end to end with kfp.local: M1..M3 in MLflow (CPU, minutes)
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.run_local $(if $(DEMO_DIR),--run-dir $(DEMO_DIR))
+
+walkthrough: venv ## one self-rewarding iteration stage by stage with the srlm CLI (scripts/walkthrough.sh)
 	RUN_DIR=$(RUN_DIR) PY=$(PY) bash scripts/walkthrough.sh
 
+mlflow-ui: venv ## browse the newest demo run's MLflow store (or MLFLOW_DB=path/to/mlflow.db) on 127.0.0.1:5000
+	@db=$${MLFLOW_DB:-$$(ls -td runs/demo/*/mlflow.db 2>/dev/null | head -1)}; \
+	test -n "$$db" || { echo "no demo run yet: make demo first"; exit 1; }; \
+	echo "MLflow UI for $$db on http://127.0.0.1:5000"; \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$$(realpath $$db) --host 127.0.0.1 --port 5000
+
+pipeline: venv ## compile the pipeline: pipelines/compiled/self_rewarding.yaml (+ _tiny.yaml); REGISTRY=, TAG= set images
+	$(PY) -m pipelines.compile $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(TAG),--tag $(TAG))
+
 lint: venv ## static checks (ruff)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests components pipelines images scripts
 
 bench: venv ## measure generation, judging and training throughput; writes bench.json
 	HF_HUB_OFFLINE=1 $(PY) -m srlm.bench --out bench.json
@@ -39,4 +51,38 @@ lock: venv ## refresh requirements.lock from the current venv
 clean: ## remove run outputs (keeps the venv)
 	rm -rf runs bench.json .pytest_cache
 
-.PHONY: help venv test lint demo bench lock clean
+.PHONY: help venv test lint demo walkthrough mlflow-ui pipeline bench lock clean
+
+# ---- images, cluster, pipeline submission (images/, manifests/, docs/deploy.md) -------------
+# REGISTRY=... TAG=... override images/images.json's registry and tag (as SRLM_REGISTRY /
+# SRLM_TAG, which components/images.py and `make pipeline` read too). DOCKER=podman works.
+OVERLAY ?= dev
+EXPERIMENT ?= self-rewarding-lm
+RUN_NAME ?= srlm-$(shell date +%Y%m%d-%H%M%S)
+PARAMS ?=
+TOOLS_VENV ?= .venv-tools
+IMAGE_ENV = $(if $(REGISTRY),SRLM_REGISTRY=$(REGISTRY)) $(if $(TAG),SRLM_TAG=$(TAG))
+
+images: ## build every image: base, one per stage, the MLflow server (REGISTRY=, TAG=; needs a Docker engine)
+	$(IMAGE_ENV) $(PYTHON) images/build.py build
+
+push: ## push every image `make images` built (same REGISTRY=, TAG=)
+	$(IMAGE_ENV) $(PYTHON) images/build.py push
+
+deploy: ## kubectl-apply the overlay OVERLAY=dev (default) or gpu to the current context; secrets first (docs/deploy.md)
+	kubectl kustomize manifests/overlays/$(OVERLAY) | kubectl apply -f -
+
+submit: venv ## start a run of pipelines/compiled/self_rewarding.yaml on KFP: EXPERIMENT=, RUN_NAME=, PARAMS='k=v ...'
+	$(VENV)/bin/kfp $(if $(KFP_ENDPOINT),--endpoint $(KFP_ENDPOINT)) $(if $(KFP_NAMESPACE),--namespace $(KFP_NAMESPACE)) run create -e $(EXPERIMENT) -r $(RUN_NAME) -f pipelines/compiled/self_rewarding.yaml $(PARAMS)
+
+$(TOOLS_VENV)/.installed: scripts/tools-requirements.txt scripts/tools-constraints.txt
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q -r scripts/tools-requirements.txt -c scripts/tools-constraints.txt
+	touch $@
+
+tools: $(TOOLS_VENV)/.installed ## install the manifest/image checkers (kubernetes-validate, checkov) into .venv-tools
+
+manifests-check: tools ## render each overlay, kubernetes-validate --strict, checkov (manifests, Dockerfiles, secrets)
+	$(TOOLS_VENV)/bin/python scripts/infra_checks.py all
+
+.PHONY: images push deploy submit tools manifests-check
