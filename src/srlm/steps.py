@@ -570,23 +570,17 @@ def promote_gate(
 
 
 def current_champion(name: str) -> dict[str, Any] | None:
-    """``{version, source, tags}`` of the ``champion`` alias of ``name``, or None."""
-    from mlflow.exceptions import MlflowException
-
+    """``{version, source, tags, ...}`` of the ``champion`` alias of ``name``, or None."""
     from srlm import tracking
 
-    client = tracking._client()
-    try:
-        mv = client.get_model_version_by_alias(name, tracking.CHAMPION)
-    except MlflowException:
-        return None
-    return {"version": str(mv.version), "source": mv.source, "tags": dict(mv.tags)}
+    return tracking.get_version(name, alias=tracking.CHAMPION)
 
 
 def version_parent(name: str, version: str) -> str | None:
     from srlm import tracking
 
-    return tracking._client().get_model_version(name, str(version)).tags.get("parent_version")
+    found = tracking.get_version(name, str(version))
+    return found["tags"].get("parent_version") if found else None
 
 
 def _against_champion(
