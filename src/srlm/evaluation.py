@@ -748,7 +748,8 @@ def export_alpaca(
 
 
 def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric leaves of a metrics dict, flattened with ``.`` (for MLflow / KFP Metrics); None skipped."""
+    """The finite numeric leaves of a metrics dict, flattened with ``.`` (for MLflow / KFP Metrics);
+    bools, text, None and the ``run``/``settings`` sections skipped."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
@@ -756,7 +757,7 @@ def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
             continue
         if isinstance(value, dict):
             flat.update(numeric_metrics(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             flat[name] = float(value)
     return flat
 

@@ -39,7 +39,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -50,6 +49,7 @@ from typing import Any
 
 from srlm.config import StageConfig
 from srlm.errors import SrlmError
+from srlm.evaluation import numeric_metrics
 
 log = logging.getLogger(__name__)
 
@@ -118,23 +118,9 @@ def _params(config: Any, **paths: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- metrics and MLflow
 
 
-def flat_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The finite numeric leaves of ``values`` (nested dicts joined with '.'); bools, text, None skipped."""
-    flat: dict[str, float] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if key in ("run", "settings"):
-            continue
-        if isinstance(value, Mapping):
-            flat.update(flat_metrics(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            flat[name] = float(value)
-    return flat
-
-
 def to_kfp(metrics_artifact: Any, values: Mapping[str, Any]) -> None:
     """Write the numeric entries of ``values`` into a KFP ``Metrics`` artifact (sorted, for a stable UI)."""
-    for key, value in sorted(flat_metrics(values).items()):
+    for key, value in sorted(numeric_metrics(values).items()):
         metrics_artifact.log_metric(key, value)
 
 
@@ -216,7 +202,7 @@ def _finish(
     iteration: int | None = None,
 ) -> dict[str, float]:
     """Log the stage (params, numeric stats, small artifacts) and return its flat metrics."""
-    metrics = flat_metrics(stats)
+    metrics = numeric_metrics(stats)
     if mlflow_enabled(mlflow):
         with tempfile.TemporaryDirectory(prefix="srlm-artifacts-") as tmp:
             files: dict[str, str | Path] = {}
