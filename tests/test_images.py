@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -25,17 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load("srlm_images_build", ROOT / "images" / "build.py")
-checks = _load("srlm_infra_checks", ROOT / "scripts" / "infra_checks.py")
-component_images = _load("srlm_component_images", ROOT / "components" / "images.py")
+from components import images as component_images  # noqa: E402
+from images import build  # noqa: E402  (the repo root is on sys.path: pyproject pythonpath)
+from scripts import infra_checks as checks  # noqa: E402
 
 SPEC = json.loads((ROOT / "images" / "images.json").read_text(encoding="utf-8"))
 PLAN = build.plan(registry=SPEC["registry"], tag=SPEC["tag"], spec=SPEC)
@@ -387,7 +378,7 @@ CONSTRAINTS = {p.stem: _pins(p) for p in sorted((ROOT / "images" / "constraints"
 
 
 def test_constraints_pin_every_direct_requirement():
-    lock = _load("srlm_images_lock", ROOT / "images" / "lock.py")
+    from images import lock
     assert set(CONSTRAINTS) == set(lock.FAMILIES)
     for family, inputs in lock.FAMILIES.items():
         for name in inputs:

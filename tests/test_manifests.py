@@ -13,11 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -27,16 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-checks = _load("srlm_infra_checks", ROOT / "scripts" / "infra_checks.py")
-build = _load("srlm_images_build", ROOT / "images" / "build.py")
+from images import build  # noqa: E402  (the repo root is on sys.path: pyproject pythonpath)
+from scripts import infra_checks as checks  # noqa: E402
 
 OVERLAYS = checks.overlays()
 MLFLOW_NS = "srlm"
