@@ -55,3 +55,26 @@ def test_judge_without_any_valid_score_stops(tiny_model, tmp_path):
     with pytest.raises(SrlmError, match=r"no valid score in 6 judgements of 2 replies"):
         judge.run(config, tiny_model, candidates, out)
     assert not out.exists()
+
+
+def test_random_scorer_is_seeded_and_loads_no_model(tmp_path):
+    """The ablation control: scores drawn at random per reply, reproducible by seed, no model read."""
+    from srlm import judge
+    from srlm.io import read_jsonl, write_jsonl
+
+    candidates = tmp_path / "candidates.jsonl"
+    rows = [{"id": f"p{i}", "prompt": f"Prompt {i}.", "replies": ["a", "b", "c", "d"]} for i in range(30)]
+    write_jsonl(candidates, rows, "candidates")
+
+    def scores(seed, name):
+        config = judge.JudgeConfig.load("tiny", scorer="random", seed=seed)
+        stats = judge.run(config, tmp_path / "no-model-here", candidates, tmp_path / name)
+        assert stats["parse_failures"] == 0 and stats["unscored_replies"] == 0
+        return [[r["mean"] for r in rec["replies"]] for rec in read_jsonl(tmp_path / name, "judgements")]
+
+    first, again, other = scores(0, "a.jsonl"), scores(0, "b.jsonl"), scores(1, "c.jsonl")
+    assert first == again and first != other
+    flat = [s for rec in first for s in rec]
+    assert all(1 <= s <= 5 for s in flat) and len(set(flat)) > 5  # means of 3 draws: varied, in range
+    with pytest.raises(SrlmError, match="unknown judge scorer 'coin'"):
+        judge.JudgeConfig.load("tiny", scorer="coin")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import re
 import statistics
 from pathlib import Path
@@ -47,6 +48,8 @@ After reviewing the question and the response:
 - Explain your total score briefly, in at most 100 words.
 - Finish with a last line of the form "Score: <total points>".
 """
+
+SCORERS = ("model", "random")
 
 _SCORE = re.compile(r"score\s*:\s*\**\s*(\d+(?:\.\d+)?)(?![\d.])", re.IGNORECASE)
 
@@ -100,6 +103,8 @@ class JudgeConfig(GenerationOptions, StageConfig):
     top_p: float = setting(0.9, "judge nucleus sampling top-p")
     max_new_tokens: int = setting(256, "tokens per judgement (the rubric asks for <= 100 words + score line)")
     template: str = setting("", "judge prompt template file with {instruction} and {response}; empty = built-in rubric")
+    scorer: str = setting("model", "model: the model judges with the rubric; random: scores drawn at random "
+                          "(seeded, 1-5; the ablation control, no model is loaded)")
 
     # 128 tokens: the bundled judgements run 63-118 tiny-tokenizer tokens before the score line.
     PRESETS = {"tiny": {"max_new_tokens": 128}}
@@ -107,6 +112,8 @@ class JudgeConfig(GenerationOptions, StageConfig):
     def validate(self) -> None:
         if self.samples < 1:
             raise SrlmError(f"judge samples must be >= 1, got {self.samples}")
+        if self.scorer not in SCORERS:
+            raise SrlmError(f"unknown judge scorer {self.scorer!r}; choose from {', '.join(SCORERS)}")
 
 
 @dataclasses.dataclass
@@ -124,8 +131,19 @@ class JudgeStats:
         return {**dataclasses.asdict(self), "parse_failure_rate": self.parse_failure_rate}
 
 
+def random_judgements(count: int, samples: int, seed: int) -> list[list[str]]:
+    """The ``random`` scorer: each of ``count`` requests gets ``samples`` judgements with a random score.
+
+    Request i draws from its own seeded stream, so its scores do not depend on the others.
+    """
+    return [
+        [f"Random judge (ablation control).\nScore: {rng.randint(1, 5)}" for _ in range(samples)]
+        for rng in (random.Random(f"{seed}:{i}") for i in range(count))
+    ]
+
+
 def judge_pairs(
-    generator: Generator,
+    generator: Generator | None,
     items: list[tuple[str, str]],
     config: JudgeConfig,
     template: str | None = None,
@@ -134,15 +152,18 @@ def judge_pairs(
     """Judge (instruction, response) pairs; return per pair its raw outputs, scores and mean."""
     template = template if template is not None else load_template(config.template)
     prompts = [fill_template(template, instruction, response) for instruction, response in items]
-    outputs = generator.generate(
-        prompts,
-        n=config.samples,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        max_new_tokens=config.max_new_tokens,
-        seed=config.seed,
-        desc=desc,
-    )
+    if config.scorer == "random":
+        outputs = random_judgements(len(prompts), config.samples, config.seed)
+    else:
+        outputs = generator.generate(
+            prompts,
+            n=config.samples,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+            desc=desc,
+        )
     stats = JudgeStats(replies=len(items))
     results = []
     for (_, response), texts in zip(items, outputs):
@@ -169,7 +190,7 @@ def run(config: JudgeConfig, model: str | Path, candidates: str | Path, out: str
     """Self-judging: score every candidate reply with the model's own rubric judgements."""
     check_output_free(out, overwrite)
     records = read_jsonl(candidates, "candidates")
-    generator = make_generator(model, config)
+    generator = make_generator(model, config) if config.scorer == "model" else None
     items = [(r["prompt"], reply) for r in records for reply in r["replies"]]
     judged, stats = judge_pairs(generator, items, config)
     require_some_scores(stats, str(candidates))
