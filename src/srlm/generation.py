@@ -47,7 +47,8 @@ class Generator(Protocol):
         max_new_tokens: int = 256,
         seed: int = 0,
         desc: str = "generating",
-    ) -> list[list[str]]: ...
+        shard: tuple[int, int] = (0, 1),
+    ) -> list[list[str] | None]: ...
 
 
 @dataclasses.dataclass
@@ -64,6 +65,17 @@ class GenerationStats:
 
 def as_messages(prompt: Prompt) -> Messages:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``(k, K)``: this call produces shard ``k`` of ``K`` (0 <= k < K)."""
+    try:
+        k, total = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise SrlmError(f"shard must be a pair (k, K), got {shard!r}") from None
+    if total < 1 or not 0 <= k < total:
+        raise SrlmError(f"shard {shard!r} is out of range: need K >= 1 and 0 <= k < K")
+    return k, total
 
 
 def set_threads(threads: int) -> None:
@@ -127,20 +139,30 @@ class TransformersGenerator:
         max_new_tokens: int = 256,
         seed: int = 0,
         desc: str = "generating",
-    ) -> list[list[str]]:
+        shard: tuple[int, int] = (0, 1),
+    ) -> list[list[str] | None]:
+        """Per prompt, ``n`` replies. With ``shard=(k, K)`` only the global batches ``b`` with
+        ``b % K == k`` are generated (the others' entries are ``None``); batches are cut from the
+        length-sorted prompts exactly as for ``K = 1`` and seeded by their global position, so the
+        union over ``k`` equals the unsharded output."""
         import torch
         from tqdm.auto import tqdm
 
+        k, total = check_shard(shard)
         texts = [self.render(p) for p in prompts]
         encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         # Each batch holds batch_size sequences in total (prompts x n samples).
         per_batch = max(1, self.options.batch_size // max(n, 1))
-        results: list[list[str]] = [[] for _ in texts]
+        starts = [s for s in range(0, len(order), per_batch) if (s // per_batch) % total == k]
+        results: list[list[str] | None] = [None for _ in texts]
         started = time.perf_counter()
-        with tqdm(total=len(texts), desc=desc, unit="prompt", leave=False) as bar:
-            for start in range(0, len(order), per_batch):
+        done = 0
+        with tqdm(total=sum(len(order[s : s + per_batch]) for s in starts), desc=desc, unit="prompt", leave=False) as bar:
+            for start in starts:
                 idx = order[start : start + per_batch]
+                for i in idx:
+                    results[i] = []
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 torch.manual_seed(seed + start)
@@ -166,8 +188,9 @@ class TransformersGenerator:
                     text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
                     results[idx[row // per_prompt]].extend([text] * (n // per_prompt))
                 bar.update(len(idx))
-        self.stats.prompts += len(texts)
-        self.stats.completions += len(texts) * n
+                done += len(idx)
+        self.stats.prompts += done
+        self.stats.completions += done * n
         self.stats.seconds += time.perf_counter() - started
         return results
 
