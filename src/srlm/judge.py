@@ -19,6 +19,7 @@ from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, Generator, make_generator
 from srlm.io import check_output_free, read_jsonl, write_jsonl
+from srlm.shards import check_shard, gather, is_sharded, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,24 @@ def judge_pairs(
     config: JudgeConfig,
     template: str | None = None,
     desc: str = "judging",
-) -> tuple[list[dict[str, Any]], JudgeStats]:
-    """Judge (instruction, response) pairs; return per pair its raw outputs, scores and mean."""
+    shard: tuple[int, int] | None = None,
+) -> tuple[list[dict[str, Any] | None], JudgeStats]:
+    """Judge (instruction, response) pairs; return per pair its raw outputs, scores and mean.
+
+    With ``shard=(k, K)``, K > 1, only shard k's pairs are judged (the others' entries are None,
+    and ``stats`` counts shard k's): the generator picks them from the full list and seeds them
+    by their global position (the random scorer takes pair i when i % K == k, seeded per pair),
+    so the K shards together equal the unsharded result.
+    """
     template = template if template is not None else load_template(config.template)
     prompts = [fill_template(template, instruction, response) for instruction, response in items]
+    sharded = is_sharded(shard)
+    outputs: list[list[str] | None]
     if config.scorer == "random":
-        outputs = random_judgements(len(prompts), config.samples, config.seed)
+        outputs = list(random_judgements(len(prompts), config.samples, config.seed))
+        if sharded:
+            k, total = check_shard(shard)
+            outputs = [texts if i % total == k else None for i, texts in enumerate(outputs)]
     else:
         outputs = generator.generate(
             prompts,
@@ -163,10 +176,15 @@ def judge_pairs(
             max_new_tokens=config.max_new_tokens,
             seed=config.seed,
             desc=desc,
+            **({"shard": check_shard(shard)} if sharded else {}),
         )
-    stats = JudgeStats(replies=len(items))
-    results = []
+    stats = JudgeStats()
+    results: list[dict[str, Any] | None] = []
     for (_, response), texts in zip(items, outputs):
+        if texts is None:  # another shard's pair
+            results.append(None)
+            continue
+        stats.replies += 1
         scores = [parse_score(t) for t in texts]
         valid = [s for s in scores if s is not None]
         stats.judgements += len(scores)
@@ -186,13 +204,31 @@ def require_some_scores(stats: JudgeStats, what: str) -> None:
         )
 
 
-def run(config: JudgeConfig, model: str | Path, candidates: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Self-judging: score every candidate reply with the model's own rubric judgements."""
+def run(
+    config: JudgeConfig, model: str | Path, candidates: str | Path, out: str | Path, overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Self-judging: score every candidate reply with the model's own rubric judgements.
+
+    With ``shard=(k, K)``, K > 1, the unit is the judge request (one reply of one record): the
+    generator judges shard k's requests of the full list, and ``out`` is a shard file
+    (``srlm.shards``) with one line per judged reply (its record's position, id and prompt).
+    ``merge_shards`` regroups the replies per record: byte for byte the unsharded output. The
+    "no valid score at all" check needs every reply, so it runs at the merge, not per shard.
+    """
     check_output_free(out, overwrite)
     records = read_jsonl(candidates, "candidates")
     generator = make_generator(model, config) if config.scorer == "model" else None
     items = [(r["prompt"], reply) for r in records for reply in r["replies"]]
-    judged, stats = judge_pairs(generator, items, config)
+    judged, stats = judge_pairs(generator, items, config, shard=shard)
+    if is_sharded(shard):
+        owners = [(i, r) for i, r in enumerate(records) for _ in r["replies"]]
+        lines = ((j, {"record": owners[j][0], "id": owners[j][1]["id"], "prompt": owners[j][1]["prompt"], "reply": reply})
+                 for j, reply in enumerate(judged) if reply is not None)
+        write_shard(out, "judgements", shard, len(items), lines)
+        k, total = check_shard(shard)
+        log.info("judged shard %d of %d: %d replies, %d parse failures", k, total, stats.replies, stats.parse_failures)
+        return {**stats.as_dict(), "shard": k, "shards": total}
     require_some_scores(stats, str(candidates))
     rows, cursor = [], 0
     for r in records:
@@ -202,3 +238,40 @@ def run(config: JudgeConfig, model: str | Path, candidates: str | Path, out: str
     write_jsonl(out, rows, "judgements")
     log.info("judged %d replies: %d parse failures, %d unscored", stats.replies, stats.parse_failures, stats.unscored_replies)
     return stats.as_dict()
+
+
+def judgement_stats(records: list[dict[str, Any]]) -> JudgeStats:
+    """The counts ``judge_pairs`` reports, from judgements records."""
+    replies = [reply for record in records for reply in record["replies"]]
+    return JudgeStats(
+        replies=len(replies),
+        judgements=sum(len(r["scores"]) for r in replies),
+        parse_failures=sum(1 for r in replies for s in r["scores"] if s is None),
+        unscored_replies=sum(1 for r in replies if r["mean"] is None),
+    )
+
+
+def merge_shards(shard_files: list[str | Path], out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """The K judgements shard files of one judging run (any order) as one judgements file.
+
+    Judged replies come back in request order (record by record, reply by reply) and are regrouped
+    per record; the "no valid score at all" check of the unsharded stage runs here, on every reply.
+    """
+    check_output_free(out, overwrite)
+    items, total = gather(shard_files, "judgements")
+    rows: list[dict[str, Any]] = []
+    for j, item in enumerate(items):
+        if not isinstance(item, dict) or not {"record", "id", "prompt", "reply"} <= set(item):
+            raise SrlmError(f"judgement item {j} of the shards {', '.join(map(str, shard_files))}: needs record, id, "
+                            "prompt and reply")
+        if item["record"] == len(rows):
+            rows.append({"id": item["id"], "prompt": item["prompt"], "replies": []})
+        elif item["record"] != len(rows) - 1 or (rows[-1]["id"], rows[-1]["prompt"]) != (item["id"], item["prompt"]):
+            raise SrlmError(f"judgement item {j}: record {item['record']!r} (id {item['id']!r}) out of sequence; the "
+                            f"shard files {', '.join(map(str, shard_files))} come from different candidates")
+        rows[-1]["replies"].append(item["reply"])
+    stats = judgement_stats(rows)
+    require_some_scores(stats, f"{total} judgement shards")
+    write_jsonl(out, rows, "judgements")
+    log.info("merged %d judgement shards: %d replies, %d parse failures", total, stats.replies, stats.parse_failures)
+    return {**stats.as_dict(), "shards": total}

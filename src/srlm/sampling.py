@@ -10,7 +10,8 @@ from typing import Any
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, make_generator
-from srlm.io import check_output_free, read_prompts, write_jsonl
+from srlm.io import Record, check_output_free, read_prompts, validate, write_jsonl
+from srlm.shards import check_shard, gather, is_sharded, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +31,57 @@ class SamplingConfig(GenerationOptions, StageConfig):
             raise SrlmError(f"n must be >= 2 to form preference pairs, got {self.n}")
 
 
-def run(config: SamplingConfig, model: str | Path, prompts: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Write one candidates record per prompt: ``{id, prompt, replies: [n texts]}``."""
+def run(
+    config: SamplingConfig, model: str | Path, prompts: str | Path, out: str | Path, overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Write one candidates record per prompt: ``{id, prompt, replies: [n texts]}``.
+
+    With ``shard=(k, K)``, K > 1, only shard k's prompts are sampled (the generator picks them and
+    seeds them by their global position) and ``out`` is a shard file (``srlm.shards``);
+    ``merge_shards`` of the K shard files is byte for byte the unsharded output.
+    """
     check_output_free(out, overwrite)
     records = read_prompts(prompts)
     if config.max_prompts:
         records = records[: config.max_prompts]
     generator = make_generator(model, config)
+    sharded = is_sharded(shard)
     replies = generator.generate(
         [r["prompt"] for r in records], n=config.n, temperature=config.temperature, top_p=config.top_p,
         max_new_tokens=config.max_new_tokens, seed=config.seed, desc="sampling",
+        **({"shard": check_shard(shard)} if sharded else {}),
     )
-    rows = [{"id": r["id"], "prompt": r["prompt"], "replies": texts} for r, texts in zip(records, replies)]
-    write_jsonl(out, rows, "candidates")
-    lengths = [len(t) for texts in replies for t in texts]
-    stats = {
+    rows = [(i, {"id": r["id"], "prompt": r["prompt"], "replies": texts})
+            for i, (r, texts) in enumerate(zip(records, replies)) if texts is not None]
+    if sharded:
+        for i, row in rows:
+            validate("candidates", row, f"{out} (prompt {i + 1}, before writing)")
+        write_shard(out, "candidates", shard, len(records), rows)
+        k, total = check_shard(shard)
+        stats = {**candidate_stats([row for _, row in rows]), "shard": k, "shards": total}
+    else:
+        write_jsonl(out, [row for _, row in rows], "candidates")
+        stats = candidate_stats([row for _, row in rows])
+    log.info("sampled %s", stats)
+    return stats
+
+
+def candidate_stats(rows: list[Record]) -> dict[str, Any]:
+    lengths = [len(t) for row in rows for t in row["replies"]]
+    return {
         "prompts": len(rows),
         "replies": len(lengths),
         "empty_replies": sum(1 for n in lengths if n == 0),
         "mean_reply_chars": sum(lengths) / len(lengths) if lengths else 0.0,
     }
-    log.info("sampled %s", stats)
+
+
+def merge_shards(shard_files: list[str | Path], out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """The K candidates shard files of one sampling run (any order) as one candidates file, in prompt order."""
+    check_output_free(out, overwrite)
+    rows, total = gather(shard_files, "candidates")
+    write_jsonl(out, rows, "candidates")
+    stats = {**candidate_stats(rows), "shards": total}
+    log.info("merged %d candidates shards: %s", total, stats)
     return stats

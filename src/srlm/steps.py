@@ -352,32 +352,71 @@ def generate_prompts(
 
 def sample(
     sampling: Mapping[str, Any], model: str, prompts: str, out: str, iteration: int,
-    mlflow: Mapping[str, Any] | None = None,
+    mlflow: Mapping[str, Any] | None = None, shard: int = 0, shards: int = 1,
 ) -> dict[str, float]:
-    """M(t-1) samples N candidate replies per prompt."""
+    """M(t-1) samples N candidate replies per prompt; with ``shards`` > 1, shard ``shard`` of them (see ``merge``)."""
     from srlm import sampling as sm
 
     config = stage_config("sampling", sampling, "candidates")
+    part = _shard(shard, shards)
     stats: dict[str, Any] = {}
     with _timed(stats):
-        stats.update(sm.run(config, model, prompts, out))
-    return _finish(mlflow, "sample", _params(config, model=model, prompts=prompts, out=out), stats,
-                   {"candidates_sample.jsonl": Head(out, 5)}, iteration)
+        stats.update(sm.run(config, model, prompts, out, shard=part))
+    params = _params(config, model=model, prompts=prompts, out=out)
+    if part:
+        return _finish(mlflow, "sample_shard", {**params, "shard": shard, "shards": shards}, stats, iteration=iteration)
+    return _finish(mlflow, "sample", params, stats, {"candidates_sample.jsonl": Head(out, 5)}, iteration)
 
 
 def judge(
     judging: Mapping[str, Any], model: str, candidates: str, out: str, iteration: int,
-    mlflow: Mapping[str, Any] | None = None,
+    mlflow: Mapping[str, Any] | None = None, shard: int = 0, shards: int = 1,
 ) -> dict[str, float]:
-    """M(t-1) judges every candidate with the rubric (its own reward model)."""
+    """M(t-1) judges every candidate with the rubric (its own reward model); with ``shards`` > 1, shard ``shard``."""
     from srlm import judge as jd
 
     config = stage_config("judging", judging, "judge")
+    part = _shard(shard, shards)
     stats: dict[str, Any] = {}
     with _timed(stats):
-        stats.update(jd.run(config, model, candidates, out))
-    return _finish(mlflow, "judge", _params(config, model=model, candidates=candidates, out=out), stats,
-                   {"judgements_sample.jsonl": Head(out, 3)}, iteration)
+        stats.update(jd.run(config, model, candidates, out, shard=part))
+    params = _params(config, model=model, candidates=candidates, out=out)
+    if part:
+        return _finish(mlflow, "judge_shard", {**params, "shard": shard, "shards": shards}, stats, iteration=iteration)
+    return _finish(mlflow, "judge", params, stats, {"judgements_sample.jsonl": Head(out, 3)}, iteration)
+
+
+# kind -> (module with merge_shards, the stage the merged output stands for, lines of its sample artifact)
+MERGES = {"candidates": ("sampling", "sample", 5), "judgements": ("judge", "judge", 3)}
+
+
+def merge(
+    kind: str, shard_paths: list[str], out: str, iteration: int, mlflow: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """The K shard files of a sharded ``sample`` or ``judge`` (``kind`` candidates | judgements) as one file.
+
+    The merged file and its stats are those of the unsharded stage, whatever K; it is logged as
+    that stage (``sample`` / ``judge``), the shard tasks as ``sample_shard`` / ``judge_shard``.
+    """
+    from srlm.shards import shard_paths_param
+
+    if kind not in MERGES:
+        raise SrlmError(f"merge: unknown kind {kind!r}; known: {', '.join(MERGES)}")
+    module, stage, lines = MERGES[kind]
+    merge_shards = importlib.import_module(f"srlm.{module}").merge_shards
+    stats: dict[str, Any] = {}
+    with _timed(stats):
+        stats.update(merge_shards(list(shard_paths), out))
+    params = {"shards": len(shard_paths), **shard_paths_param(shard_paths), "path.out": str(out)}
+    return _finish(mlflow, stage, params, stats, {f"{kind}_sample.jsonl": Head(out, lines)}, iteration)
+
+
+def _shard(shard: int, shards: int) -> tuple[int, int] | None:
+    """``(shard, shards)`` for a sharded step, None for the plain one (``shards`` = 1)."""
+    from srlm.shards import check_shard
+
+    k, total = check_shard((shard, shards))
+    return (k, total) if total > 1 else None
 
 
 def pairs(
