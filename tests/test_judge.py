@@ -78,3 +78,11 @@ def test_random_scorer_is_seeded_and_loads_no_model(tmp_path):
     assert all(1 <= s <= 5 for s in flat) and len(set(flat)) > 5  # means of 3 draws: varied, in range
     with pytest.raises(SrlmError, match="unknown judge scorer 'coin'"):
         judge.JudgeConfig.load("tiny", scorer="coin")
+
+
+def test_named_templates():
+    from srlm.judge import NAMED_TEMPLATES, SHORT_TEMPLATE
+
+    assert load_template("short") == SHORT_TEMPLATE and load_template("rubric") == DEFAULT_TEMPLATE
+    for template in NAMED_TEMPLATES.values():
+        check_template(template)

@@ -39,3 +39,14 @@ def test_chat_template_masks_assistant_tokens_only(tiny_model):
     assert "Name a colour." in tok.decode([i for i, m in zip(ids, mask) if not m])
     prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|assistant|>\n")
+
+
+def test_testbed_corpus_tokenizer_keeps_judge_prompts_short():
+    from srlm import testbed
+    from srlm.judge import fill_template, load_template
+    from srlm.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer(1024, "testbed")
+    prompt = testbed.all_prompts()[0]
+    filled = fill_template(load_template("short"), prompt, "A SHORT ANSWER.")
+    assert len(tokenizer(filled)["input_ids"]) < 120

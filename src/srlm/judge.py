@@ -50,6 +50,20 @@ After reviewing the question and the response:
 - Finish with a last line of the form "Score: <total points>".
 """
 
+# A compact rubric for very small models and CPU budgets (the testbed uses it): the same additive
+# idea and score line in ~60 tokens instead of ~300.
+SHORT_TEMPLATE = """\
+Grade the response with an additive 5-point scale: points for being on topic, for answering the
+task, and for following every instruction the task gives.
+
+Task: {instruction}
+Response: {response}
+
+Explain the grade in one sentence, then end with "Score: <points>".
+"""
+# Built-in templates a ``template`` setting can name instead of giving a file.
+NAMED_TEMPLATES = {"rubric": DEFAULT_TEMPLATE, "short": SHORT_TEMPLATE}
+
 SCORERS = ("model", "random")
 
 _SCORE = re.compile(r"score\s*:\s*\**\s*(\d+(?:\.\d+)?)(?![\d.])", re.IGNORECASE)
@@ -64,9 +78,12 @@ def parse_score(text: str) -> float | None:
 def load_template(
     path: str | Path | None, default: str = DEFAULT_TEMPLATE, slots: tuple[str, ...] = SLOTS, what: str = "judge template"
 ) -> str:
-    """A judge prompt template: ``default``, or the user's file holding each of ``slots`` once."""
+    """A judge prompt template: ``default``, a built-in by name (``NAMED_TEMPLATES``), or the user's
+    file holding each of ``slots`` once."""
     if not path:
         return default
+    if slots == SLOTS and str(path) in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[str(path)]
     path = Path(path)
     if not path.is_file():
         raise SrlmError(f"{path}: {what} file not found")
@@ -103,7 +120,8 @@ class JudgeConfig(GenerationOptions, StageConfig):
     temperature: float = setting(0.7, "judge sampling temperature")
     top_p: float = setting(0.9, "judge nucleus sampling top-p")
     max_new_tokens: int = setting(256, "tokens per judgement (the rubric asks for <= 100 words + score line)")
-    template: str = setting("", "judge prompt template file with {instruction} and {response}; empty = built-in rubric")
+    template: str = setting("", "judge prompt template: a file with {instruction} and {response}, or a built-in "
+                            "name (rubric, short); empty = the rubric")
     scorer: str = setting("model", "model: the model judges with the rubric; random: scores drawn at random "
                           "(seeded, 1-5; the ablation control, no model is loaded)")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from srlm.config import StageConfig, setting
+from srlm.errors import SrlmError
 from srlm.io import atomic_path, check_output_free
 from srlm.modeldir import write_lineage
 
@@ -41,16 +42,29 @@ class TinyModelConfig(StageConfig):
     intermediate_size: int = setting(384, "MLP width")
     max_positions: int = setting(2048, "longest sequence (judge prompts carry the whole rubric)")
     seed: int = setting(0, "seed for the weights")
+    corpus: str = setting("bundled", "text the tokenizer learns from: bundled (the seed set) or testbed")
 
     PRESETS = {"tiny": {}}  # the defaults are already tiny
 
+    def validate(self) -> None:
+        if self.corpus not in CORPORA:
+            raise SrlmError(f"unknown tokenizer corpus {self.corpus!r}; choose from {', '.join(CORPORA)}")
 
-def training_text() -> list[str]:
-    """The text the tokenizer learns from: bundled seed data plus the judge rubric."""
+
+CORPORA = ("bundled", "testbed")
+
+
+def training_text(corpus: str = "bundled") -> list[str]:
+    """The text the tokenizer learns from: the judge rubric plus the bundled seed data or testbed text."""
     from srlm import seed_data
-    from srlm.judge import DEFAULT_TEMPLATE
+    from srlm.judge import DEFAULT_TEMPLATE, SHORT_TEMPLATE
 
     texts = [DEFAULT_TEMPLATE]
+    if corpus == "testbed":
+        from srlm import testbed
+
+        # The judge template is in every judge prompt: weighted so its words become whole tokens.
+        return texts + [SHORT_TEMPLATE] * 40 + testbed.corpus()
     for example in seed_data.bundled("ift"):
         texts.extend(m["content"] for m in example["messages"])
     for example in seed_data.bundled("eft_train"):
@@ -60,7 +74,7 @@ def training_text() -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int) -> Any:
+def build_tokenizer(vocab_size: int, corpus: str = "bundled") -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -73,7 +87,7 @@ def build_tokenizer(vocab_size: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(training_text(), trainer=trainer)
+    tokenizer.train_from_iterator(training_text(corpus), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -83,7 +97,7 @@ def build(config: TinyModelConfig) -> tuple[Any, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer(config.vocab_size)
+    tokenizer = build_tokenizer(config.vocab_size, config.corpus)
     torch.manual_seed(config.seed)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer),
