@@ -1,9 +1,18 @@
+import importlib.util
 import shutil
 
 import pytest
 
 from srlm import SrlmError
-from srlm.generation import GenerationOptions, TransformersGenerator, make_generator
+from srlm.generation import (
+    GenerationOptions,
+    TransformersGenerator,
+    make_generator,
+    request_seed,
+    resolve_backend,
+    shard_indices,
+    vllm_usable,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +76,19 @@ def test_shards_union_equals_unsharded(generator):
 def test_bad_shard(generator):
     with pytest.raises(SrlmError, match="out of range"):
         generator.generate(["Hi"], shard=(3, 3))
+
+
+def test_request_seeds_and_prompt_shards():
+    seeds = {request_seed(s, i) for s in range(3) for i in range(50)}
+    assert len(seeds) == 150 and all(0 <= x < 2**31 for x in seeds)
+    assert request_seed(0, 1) != request_seed(1, 0)
+    assert shard_indices(7, (1, 3)) == [1, 4] and shard_indices(2, (2, 3)) == []
+
+
+def test_auto_backend():
+    """auto is vLLM only where vLLM is importable and usable (GPU, or the CPU build)."""
+    usable, why = vllm_usable()
+    assert resolve_backend(GenerationOptions()) == ("vllm" if usable else "transformers")
+    if importlib.util.find_spec("vllm") is None:
+        assert not usable and "not importable" in why
+    assert resolve_backend(GenerationOptions(backend="transformers")) == "transformers"

