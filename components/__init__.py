@@ -7,12 +7,12 @@ installed ``srlm`` package and calls ``srlm.steps.<stage>``: no logic lives here
 
 from components.data import build_eft, seed_data, tiny_model
 from components.evaluation import evaluate
-from components.generation import build_pairs, generate_prompts, judge_candidates, sample_candidates
+from components.generation import build_pairs, generate_prompts, judge_candidates, merge_shards, sample_candidates
 from components.images import image, images_spec
 from components.registry import promote_gate, register_model, validate
 from components.training import dpo, seed_sft
 
 __all__ = [
     "build_eft", "build_pairs", "dpo", "evaluate", "generate_prompts", "image", "images_spec", "judge_candidates",
-    "promote_gate", "register_model", "sample_candidates", "seed_data", "seed_sft", "tiny_model", "validate",
+    "merge_shards", "promote_gate", "register_model", "sample_candidates", "seed_data", "seed_sft", "tiny_model", "validate",
 ]

@@ -3,9 +3,13 @@
 prompts -> candidates -> self-judging -> pairs -> DPO -> evaluation (RM metrics + win rate vs
 M(t-1)) -> registration. The parent pipeline calls it once per DPO round, with the display name
 "Iteration <t>"; its outputs are M(t) and its registry version (the next round's parent version).
+
+With ``settings.shards`` K > 1, sampling and judging fan out: a ``dsl.ParallelFor`` over the K
+shards runs one GPU task per shard, and a CPU task merges the collected shard files into the
+file a single task would have written (``sample_and_judge``). K = 1 keeps one task each.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model
@@ -39,11 +43,8 @@ def make_iteration(settings: PipelineSettings):
         run = {"mlflow": mlflow, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "iteration": iteration}
         prompts = c.generate_prompts(sampling=sampling, model=model, seed=seed, **run)
         configure(prompts, "prompts", settings, "Generate prompts")
-        candidates = c.sample_candidates(sampling=sampling, model=model, prompts=prompts.outputs["prompts"], **run)
-        configure(candidates, "sample", settings, "Sample candidates")
-        judged = c.judge_candidates(judging=judging, model=model, candidates=candidates.outputs["candidates"], **run)
-        configure(judged, "judge", settings, "Self-judge")
-        pairs = c.build_pairs(judging=judging, judgements=judged.outputs["judgements"], **run)
+        judgements = sample_and_judge(settings, model, prompts.outputs["prompts"], sampling, judging, run)
+        pairs = c.build_pairs(judging=judging, judgements=judgements, **run)
         configure(pairs, "pairs", settings, "Build pairs")
         trained = c.dpo(training=training, model=model, pairs=pairs.outputs["pairs"], **run)
         configure(trained, "dpo", settings, "DPO")
@@ -57,3 +58,34 @@ def make_iteration(settings: PipelineSettings):
         return Outputs(model=new_model, version=registered.outputs["Output"])
 
     return iteration
+
+
+def sample_and_judge(settings: PipelineSettings, model: Any, prompts: Any, sampling: Any, judging: Any,
+                     run: dict[str, Any]) -> Any:
+    """Candidates for ``prompts`` and their self-judgements; returns the judgements artifact.
+
+    K = ``settings.shards``. K = 1: one sampling task, one judging task. K > 1: for each of the two
+    steps, a ``dsl.ParallelFor`` over shards 0..K-1 (one task per shard, each with the step's GPU
+    request) and a merge of the collected shard files. The merged files are identical for every K.
+    """
+    shards = settings.shards
+    if shards == 1:
+        sampled = c.sample_candidates(sampling=sampling, model=model, prompts=prompts, **run)
+        configure(sampled, "sample", settings, "Sample candidates")
+        judged = c.judge_candidates(judging=judging, model=model, candidates=sampled.outputs["candidates"], **run)
+        configure(judged, "judge", settings, "Self-judge")
+        return judged.outputs["judgements"]
+
+    with dsl.ParallelFor(items=list(range(shards)), name=f"Sample candidates: {shards} shards") as k:
+        sampled = c.sample_candidates(sampling=sampling, model=model, prompts=prompts, shard=k, shards=shards, **run)
+        configure(sampled, "sample", settings, "Sample candidates (shard)")
+    candidates = c.merge_shards(kind="candidates", shard_files=dsl.Collected(sampled.outputs["candidates"]), **run)
+    configure(candidates, "merge", settings, "Merge candidate shards")
+
+    with dsl.ParallelFor(items=list(range(shards)), name=f"Self-judge: {shards} shards") as k:
+        judged = c.judge_candidates(judging=judging, model=model, candidates=candidates.outputs["merged"], shard=k,
+                                    shards=shards, **run)
+        configure(judged, "judge", settings, "Self-judge (shard)")
+    judgements = c.merge_shards(kind="judgements", shard_files=dsl.Collected(judged.outputs["judgements"]), **run)
+    configure(judgements, "merge", settings, "Merge judgement shards")
+    return judgements.outputs["merged"]

@@ -4,7 +4,8 @@ Two profiles: ``CLUSTER`` (paper presets, a Hugging Face base model imported by 
 build from OpenAssistant data, one GPU per GPU task, tolerations and a node selector, MLflow at
 the in-cluster service) and ``TINY`` (tiny presets, the tiny model built in the pipeline,
 bundled EFT data, no GPU requests, MLflow from the environment: the local run's SQLite store).
-``python -m pipelines.compile --set key=value`` changes any field (values parsed as YAML).
+``python -m pipelines.compile --set key=value`` changes any field (values parsed as YAML), e.g.
+``--set shards=4``: each round's sampling and judging run as 4 GPU tasks each plus a merge.
 
 Run-time parameters (the settings groups in ``srlm.steps``) default to ``defaults`` below; a
 run can pass any group as JSON.
@@ -28,6 +29,7 @@ TASK_KINDS = {
     "prompts": "generation",
     "sample": "generation",
     "judge": "generation",
+    "merge": "cpu",  # joins the shard files of a fanned-out sampling or judging step
     "pairs": "cpu",
     "dpo": "training",
     "evaluate": "evaluation",
@@ -46,6 +48,7 @@ class PipelineSettings:
     iterations: int = 3  # M1..M<iterations>: the seed SFT plus iterations-1 DPO rounds
     base_model: str = "hf"  # tiny: build the tiny model in the pipeline; hf: import a model directory by URI
     eft_build: bool = True  # build EFT data with an IFT-only SFT baseline judging the seed's EFT pool
+    shards: int = 1  # K: sampling and judging fan out over K GPU tasks each, then merge (same output for any K)
     defaults: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     accelerator_type: str = "nvidia.com/gpu"
     gpus: dict[str, int] = dataclasses.field(default_factory=lambda: {kind: 1 for kind in GPU_KINDS})
@@ -58,6 +61,8 @@ class PipelineSettings:
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
+            raise ValueError(f"shards must be an integer >= 1, got {self.shards!r}")
         if self.base_model not in ("tiny", "hf"):
             raise ValueError(f"base_model must be tiny or hf, got {self.base_model!r}")
         unknown = sorted(set(self.gpus) - set(GPU_KINDS))

@@ -30,6 +30,7 @@ STAGE_OF = {  # component -> its stage's key in images/images.json
     "validate": "validate", "tiny_model": "tiny_model", "seed_data": "seed", "build_eft": "eft", "seed_sft": "sft",
     "generate_prompts": "prompts", "sample_candidates": "sample", "judge_candidates": "judge", "build_pairs": "pairs",
     "dpo": "dpo", "evaluate": "evaluate", "register_model": "register", "promote_gate": "promote",
+    "merge_shards": "pairs",  # a light CPU step: reads and writes JSONL
 }
 
 
@@ -129,6 +130,44 @@ def test_pairs_component_with_no_pairs_fails_with_the_counts(tmp_path):
                                            pairs=art(dsl.Dataset, tmp_path / "pairs.jsonl"),
                                            metrics=art(dsl.Metrics, tmp_path / "m"))
     assert not (tmp_path / "pairs.jsonl").exists()
+
+
+def test_sharded_sample_and_judge_components_merge_to_the_unsharded_output(tmp_path, tiny_model):
+    """sample_candidates / judge_candidates with shard, shards; merge_shards takes the collected list (any order)."""
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"id": f"p{i}", "prompt": f"Say {'more ' * i}about {i}."} for i in range(6)], "prompt")
+    sampling = {"preset": "tiny", "threads": 1, "candidates": {"n": 2, "max_new_tokens": 4, "batch_size": 4}}
+    judging = {"preset": "tiny", "judge": {"scorer": "random"}}  # no model: judging is a seeded draw per reply
+    common = {"iteration": 2, "mlflow": OFF, "kfp_run_id": "t"}
+
+    def sample(name, **shard):
+        components.sample_candidates.python_func(
+            sampling=sampling, model=art(dsl.Model, tiny_model), prompts=art(dsl.Dataset, prompts), **common,
+            candidates=art(dsl.Dataset, tmp_path / name), metrics=art(dsl.Metrics, tmp_path / f"{name}.m"), **shard)
+        return art(dsl.Dataset, tmp_path / name)
+
+    def judge(candidates, name, **shard):
+        components.judge_candidates.python_func(
+            judging=judging, model=art(dsl.Model, tiny_model), candidates=candidates, **common,
+            judgements=art(dsl.Dataset, tmp_path / name), metrics=art(dsl.Metrics, tmp_path / f"{name}.m"), **shard)
+        return art(dsl.Dataset, tmp_path / name)
+
+    def merge(kind, parts, name):
+        metrics = art(dsl.Metrics, tmp_path / f"{name}.m")
+        components.merge_shards.python_func(kind=kind, shard_files=parts, **common,
+                                            merged=art(dsl.Dataset, tmp_path / name), metrics=metrics)
+        return art(dsl.Dataset, tmp_path / name), metrics
+
+    plain = sample("candidates")
+    parts = [sample(f"candidates-{k}", shard=k, shards=3) for k in range(3)]
+    merged, metrics = merge("candidates", parts[::-1], "candidates-merged")
+    assert Path(merged.path).read_bytes() == Path(plain.path).read_bytes()
+    assert metrics.metadata["prompts"] == 6 and metrics.metadata["shards"] == 3
+    judged = judge(plain, "judgements")
+    jparts = [judge(merged, f"judgements-{k}", shard=k, shards=2) for k in range(2)]
+    jmerged, jmetrics = merge("judgements", jparts, "judgements-merged")
+    assert Path(jmerged.path).read_bytes() == Path(judged.path).read_bytes()
+    assert jmetrics.metadata["replies"] == 12 and jmetrics.metadata["shards"] == 2
 
 
 # --------------------------------------------------------------------------- settings groups

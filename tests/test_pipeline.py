@@ -28,7 +28,7 @@ COMPONENT_STAGE = {
     "build-eft": ("build_eft", "eft"), "seed-sft": ("sft", "sft"), "generate-prompts": ("prompts", "prompts"),
     "sample-candidates": ("sample", "sample"), "judge-candidates": ("judge", "judge"), "build-pairs": ("pairs", "pairs"),
     "dpo": ("dpo", "dpo"), "evaluate": ("evaluate", "evaluate"), "register-model": ("register", "register"),
-    "promote-gate": ("promote", "promote"),
+    "promote-gate": ("promote", "promote"), "merge-shards": ("merge", "pairs"),
 }
 ITERATION_ORDER = ["generate-prompts", "sample-candidates", "judge-candidates", "build-pairs", "dpo", "evaluate",
                    "register-model"]
@@ -54,8 +54,8 @@ def tiny():
 
 
 def base(name):
-    """comp-seed-sft-2 / seed-sft-2 -> seed-sft."""
-    return re.sub(r"-\d+$", "", name.removeprefix("comp-"))
+    """comp-seed-sft-2 / seed-sft-2 / comp-merge-shards-2-2 -> seed-sft / merge-shards."""
+    return re.sub(r"(-\d+)+$", "", name.removeprefix("comp-"))
 
 
 def tasks_of(spec, component=None):
@@ -193,6 +193,74 @@ def test_iterations_is_a_compile_time_setting(tmp_path):
         gate = tasks[named["Promotion gate"]]
         last = named["Register M1"] if iterations == 1 else named[f"Iteration {iterations}"]
         assert gate["inputs"]["parameters"]["version"]["taskOutputParameter"]["producerTask"] == last
+
+
+def test_shards_fan_out_sampling_and_judging_in_every_round(tmp_path, cluster, tiny):
+    """K = 3: per round, ParallelFor over shards 0..2 around sampling, a merge, the same around judging, a merge
+    (each shard a GPU task, the merges CPU tasks); K = 1 (the committed YAMLs) has no loop and no merge."""
+    for spec, _ in (cluster, tiny):
+        for name, comp in spec["components"].items():
+            assert not name.startswith(("comp-for-loop", "comp-merge-shards")), name
+            for task in comp.get("dag", {}).get("tasks", {}).values():
+                assert "parameterIterator" not in task and "shard" not in task["inputs"].get("parameters", {})
+    out = pc.compile_pipeline(pc.settings_for("cluster", {"shards": 3}), tmp_path / "k3.yaml")
+    spec, platform = load(out)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    rounds = [t for t in tasks_of(spec).values() if t["taskInfo"]["name"].startswith("Iteration ")]
+    assert len(rounds) == 2
+    for round_task in rounds:
+        inner = tasks_of(spec, round_task["componentRef"]["name"])
+        names = {base(n) if not n.startswith("merge-shards") else n: n for n in inner}
+        loops = {t["taskInfo"]["name"]: (n, t) for n, t in inner.items() if "parameterIterator" in t}
+        assert sorted(loops) == ["Sample candidates: 3 shards", "Self-judge: 3 shards"]
+        merges = {t["inputs"]["parameters"]["kind"]["runtimeValue"]["constant"]: (n, t)
+                  for n, t in inner.items() if base(n) == "merge-shards"}
+        assert sorted(merges) == ["candidates", "judgements"]
+        order = [names["generate-prompts"], loops["Sample candidates: 3 shards"][0], merges["candidates"][0],
+                 loops["Self-judge: 3 shards"][0], merges["judgements"][0], names["build-pairs"]]
+        for earlier, later in zip(order, order[1:]):
+            assert earlier in ancestors(inner, later), (earlier, later)
+        for (loop_name, loop), (kind, component, output) in zip(
+            (loops["Sample candidates: 3 shards"], loops["Self-judge: 3 shards"]),
+            (("candidates", "sample-candidates", "candidates"), ("judgements", "judge-candidates", "judgements")),
+        ):
+            assert json.loads(loop["parameterIterator"]["items"]["raw"]) == [0, 1, 2]
+            body = tasks_of(spec, loop["componentRef"]["name"])
+            (shard_name, shard_task), = body.items()
+            assert base(shard_name) == component
+            params = shard_task["inputs"]["parameters"]
+            assert params["shard"]["componentInputParameter"] == loop["parameterIterator"]["itemInput"]
+            assert params["shards"]["runtimeValue"]["constant"] == 3
+            label, ex = executor(spec, shard_task)
+            assert int(ex["container"]["resources"]["accelerator"]["resourceCount"]) == 1
+            assert k8s[label]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+            # the merge takes the collected shard outputs (an artifact list) of that loop
+            merge_name, merge = merges[kind]
+            source = merge["inputs"]["artifacts"]["shard_files"]["taskOutputArtifact"]
+            assert source["producerTask"] == loop_name
+            loop_component = spec["components"][loop["componentRef"]["name"]]
+            assert loop_component["outputDefinitions"]["artifacts"][source["outputArtifactKey"]]["isArtifactList"] is True
+            assert loop_component["dag"]["outputs"]["artifacts"][source["outputArtifactKey"]]["artifactSelectors"] == [
+                {"outputArtifactKey": output, "producerSubtask": shard_name}]
+            assert spec["components"][merge["componentRef"]["name"]]["inputDefinitions"]["artifacts"][
+                "shard_files"]["isArtifactList"] is True
+            merge_label, merge_ex = executor(spec, merge)
+            assert "accelerator" not in merge_ex["container"].get("resources", {}) and merge_label not in k8s
+        # the judge shards read the merged candidates; pairs read the merged judgements
+        judge_body = tasks_of(spec, loops["Self-judge: 3 shards"][1]["componentRef"]["name"])
+        assert loops["Self-judge: 3 shards"][1]["inputs"]["artifacts"][
+            next(iter(judge_body.values()))["inputs"]["artifacts"]["candidates"]["componentInputArtifact"]
+        ]["taskOutputArtifact"] == {"outputArtifactKey": "merged", "producerTask": merges["candidates"][0]}
+        assert inner[names["build-pairs"]]["inputs"]["artifacts"]["judgements"]["taskOutputArtifact"] == {
+            "outputArtifactKey": "merged", "producerTask": merges["judgements"][0]}
+    assert "merge" in TASK_KINDS and TASK_KINDS["merge"] == "cpu" and "merge" not in CACHED
+
+
+def test_shards_setting_is_validated():
+    assert pc.settings_for("tiny").shards == pc.settings_for("cluster").shards == 1
+    for bad in (0, -2, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="shards must be an integer >= 1"):
+            pc.settings_for("cluster", {"shards": bad})
 
 
 def test_every_task_runs_its_stages_image_from_images_json(cluster, tiny):

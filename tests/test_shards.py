@@ -189,3 +189,57 @@ def test_steps_reject_bad_shard_settings(tmp_path):
         steps.sample({"preset": "tiny"}, "m", "p", str(tmp_path / "o"), 2, shard=2, shards=2)
     with pytest.raises(SrlmError, match="unknown kind 'pairs'"):
         steps.merge("pairs", [], str(tmp_path / "o"), 2)
+
+
+# --------------------------------------------------------------------------- kfp.local: the fan-out as compiled
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task", "ignore:.*have no effect in the current local")
+def test_kfp_local_runs_the_compiled_fan_out(tmp_path, sft_model):
+    """pipelines/iteration.py's fan-out (K = 2, inside a sub-pipeline as in the real DAG) compiled and run by
+    kfp.local: ParallelFor shard tasks, dsl.Collected into merge_shards, files identical to the K = 1 steps."""
+    import sys
+    from pathlib import Path
+
+    from kfp import compiler, dsl, local
+    from kfp.components import load_component_from_file
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from pipelines.iteration import sample_and_judge
+    from pipelines.settings import TINY
+
+    settings = TINY.replace(shards=2)
+    prompts = prompts_file(tmp_path / "prompts.jsonl", PROMPTS[:6])
+
+    @dsl.pipeline(name="fan-out")
+    def fan_out(model: dsl.Input[dsl.Model], prompts: dsl.Input[dsl.Dataset], sampling: dict, judging: dict,
+                mlflow: dict) -> dsl.Dataset:
+        run = {"mlflow": mlflow, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "iteration": 2}
+        return sample_and_judge(settings, model, prompts, sampling, judging, run)
+
+    @dsl.pipeline(name="fan-out-test")
+    def outer(sampling: dict, judging: dict) -> dsl.Dataset:
+        model = dsl.importer(artifact_uri=str(sft_model), artifact_class=dsl.Model, reimport=False)
+        data = dsl.importer(artifact_uri=str(prompts), artifact_class=dsl.Dataset, reimport=False)
+        inner = fan_out(model=model.output, prompts=data.output, sampling=sampling, judging=judging,
+                        mlflow={"enabled": False})
+        return inner.output
+
+    compiled = tmp_path / "fan_out.yaml"
+    compiler.Compiler().compile(outer, str(compiled))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               workspace_root=str(tmp_path / "workspace"))
+    task = load_component_from_file(str(compiled))(sampling=SAMPLING, judging=JUDGING)
+    merged_judgements = Path(task.output.path)
+    merged_candidates = next(p for p in (tmp_path / "kfp").rglob("merged") if p.parent.name == "merge-shards")
+    shard_files = sorted(p for p in (tmp_path / "kfp").rglob("candidates") if "iteration-" in str(p))
+    assert len(shard_files) == 2 and all(read_shard(p, "candidates")[0].shards == 2 for p in shard_files)
+
+    candidates, judgements = tmp_path / "candidates.jsonl", tmp_path / "judgements.jsonl"
+    steps.sample(SAMPLING, str(sft_model), str(prompts), str(candidates), 2)
+    steps.judge(JUDGING, str(sft_model), str(candidates), str(judgements), 2)
+    assert merged_candidates.read_bytes() == candidates.read_bytes()
+    assert merged_judgements.read_bytes() == judgements.read_bytes()
