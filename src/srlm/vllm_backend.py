@@ -138,7 +138,7 @@ class VLLMGenerator:
         outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
         results: list[list[str] | None] = [None for _ in prompts]
         for i, output in zip(indices, outputs):
-            results[i] = [text for c in output.outputs for text in [self.decode(c.token_ids)] * (n // per_prompt)]
+            results[i] = [text for c in output.outputs for text in [self.decode(c)] * (n // per_prompt)]
         self.stats.prompts += len(indices)
         self.stats.completions += len(indices) * n
         self.stats.seconds += time.perf_counter() - started
@@ -158,9 +158,10 @@ class VLLMGenerator:
             detokenize=False,  # decoded below with the tokenizer, exactly as the transformers backend does
         )
 
-    def decode(self, token_ids: Any) -> str:
+    def decode(self, completion: Any) -> str:
         """Text up to the first EOS/pad (not included), stripped; counts the reply's tokens."""
-        ids = list(token_ids)
+        ids = list(completion.token_ids)
         length = completion_length(ids, self.eos_id, self.pad_id)
         self.stats.new_tokens += length
+        self.stats.stopped += completion.finish_reason == "stop"
         return self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip()
