@@ -70,8 +70,9 @@ def vllm_server(sft_model, tmp_path_factory):
     """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1, serving the model under its path."""
     port, log_path = free_port(), tmp_path_factory.mktemp("vllm-server") / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # --no-enable-chunked-prefill: seeded requests with chunked prefill kill a CPU engine (see vllm_backend)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(sft_model), "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--enforce-eager", "--seed", "0"]
+           "--port", str(port), "--dtype", "float32", "--enforce-eager", "--no-enable-chunked-prefill", "--seed", "0"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
@@ -125,6 +126,20 @@ def judge_prompts(count: int = 12) -> list[str]:
     return [judge.fill_template(judge.DEFAULT_TEMPLATE, a, b) for a, b in items[:count]]
 
 
+def test_engine_settings_on_cpu(monkeypatch, tmp_path):
+    from srlm import SrlmError
+    from srlm.vllm_backend import engine_settings
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    settings = engine_settings(GenerationOptions(backend="vllm", prefix_caching=False, max_model_len=512))
+    assert settings["enforce_eager"] and not settings["enable_prefix_caching"] and settings["max_model_len"] == 512
+    assert settings["enable_chunked_prefill"] is False  # seeded requests + chunked prefill kill the CPU engine
+    assert settings["kv_cache_memory_bytes"] == 2**30
+    assert engine_settings(GenerationOptions(kv_cache_gib=0.5))["kv_cache_memory_bytes"] == 2**29
+    with pytest.raises(SrlmError, match="model directory not found"):
+        VLLMGenerator(tmp_path / "missing", GenerationOptions(**ENGINE))
+
+
 def test_greedy_matches_transformers(vllm_gen, hf_gen):
     """Temperature 0: n identical replies, cut at EOS, stripped; token for token what transformers says,
     with the same token and stop counts."""
@@ -153,6 +168,17 @@ def test_seeds_are_per_prompt(vllm_gen):
     assert len(set(full[0])) > 1  # n samples differ from each other
     alone = vllm_gen.generate(PROMPTS[:5], **SAMPLE, shard=(4, 5))  # prompt 4 in a batch of its own
     assert alone[4] == full[4] and alone[:4] == [None] * 4
+
+
+def test_seeded_batch_beyond_one_step_budget(vllm_gen):
+    """More seeded prompt tokens than one engine step takes (4096 on CPU): scheduled over several
+    steps, still reproducible and shard invariant (chunked prefill would crash the CPU engine here)."""
+    prompts = judge_prompts(24)  # ~24 x 3 x 400 prompt tokens
+    kwargs = {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 8, "seed": 2}
+    full = vllm_gen.generate(prompts, **kwargs)
+    assert [len(r) for r in full] == [3] * len(prompts)
+    parts = [vllm_gen.generate(prompts, **kwargs, shard=(k, 2)) for k in range(2)]
+    assert [parts[i % 2][i] for i in range(len(prompts))] == full
 
 
 @pytest.mark.parametrize("shards", [2, 3])
@@ -235,6 +261,8 @@ def test_openai_backend_against_vllm_server(vllm_server, sft_model, vllm_gen):
     greedy = gen.generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=48)
     assert all(len(r) == 2 and r[0] == r[1] for r in greedy)
     assert gen.stats.new_tokens > 0 and gen.stats.completions == 3 * 7 * 2 + 3 * 7 + 2 * 7
+    many = gen.generate(judge_prompts(24), n=3, temperature=0.7, max_new_tokens=8, seed=2)  # beyond one step's budget
+    assert [len(r) for r in many] == [3] * 24
     # Same engine, dtype, template and seeds as the in-process backend: the same replies.
     assert agreement(out, vllm_gen.generate(PROMPTS, **SAMPLE)) >= 0.85
 

@@ -4,7 +4,11 @@ Each measurement runs in its own child process so its peak memory (max RSS) is i
 - generation: the same requests batched vs one sequence at a time (tokens/s and the ratio);
 - judging: rubric judgements per second with the judge's tiny settings, on the model after the
   bench's few SFT steps (it rarely reaches a score line, so judgements run to max_new_tokens);
-- training: SFT and DPO seconds per optimizer step and peak memory.
+- training: SFT and DPO seconds per optimizer step and peak memory;
+- vLLM (where vllm is importable: `make bench-vllm`): the batched generation run again on vLLM
+  (bf16 and float32) with the ratio to transformers, the engine start time, judging with prefix
+  caching on vs off (judge prompts share the long rubric), and whether K-sharded generation
+  (K = 3) is identical to K = 1 for both backends. Elsewhere these rows say why they were skipped.
 The model is the locally built tiny one, so the figures compare code paths, not hardware.
 """
 
@@ -25,6 +29,11 @@ from typing import Any
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _engine_peak_rss_mb() -> float:
+    """The largest finished child process's peak RSS (vLLM's engine processes, once shut down)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def _child(fn: Callable[..., dict[str, Any]], args: tuple, queue: Any) -> None:
@@ -49,23 +58,79 @@ def isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     return result
 
 
-def bench_generation(model: str, prompts: list[str], n: int, max_new_tokens: int, batch_size: int, threads: int) -> dict[str, Any]:
+SHARDS = 3
+
+
+def _sampling(n: int, max_new_tokens: int) -> dict[str, Any]:
+    return {"n": n, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": max_new_tokens, "seed": 0}
+
+
+def _timed_run(gen: Any, prompts: list[str], n: int, max_new_tokens: int) -> tuple[list[Any], dict[str, Any]]:
+    """Warm up, then generate ``prompts`` once; the output and its throughput."""
+    from srlm.generation import GenerationStats
+
+    gen.generate(prompts[:2], n=1, max_new_tokens=4)  # warm-up
+    gen.stats = GenerationStats()
+    out = gen.generate(prompts, **_sampling(n, max_new_tokens))
+    s = gen.stats
+    return out, {"sequences": s.completions, "new_tokens": s.new_tokens, "seconds": round(s.seconds, 3),
+                 "tokens_per_second": round(s.tokens_per_second, 1)}
+
+
+def shards_identical(gen: Any, prompts: list[str], full: list[Any], n: int, max_new_tokens: int, shards: int = SHARDS) -> bool:
+    """Whether the K shards of the same call, put together, are exactly ``full`` (the K = 1 output)."""
+    parts = [gen.generate(prompts, **_sampling(n, max_new_tokens), shard=(k, shards)) for k in range(shards)]
+    owners = [[p[i] for p in parts if p[i] is not None] for i in range(len(prompts))]
+    return all(o == [texts] for o, texts in zip(owners, full))
+
+
+def bench_generation(model: str, prompts: list[str], n: int, max_new_tokens: int, batch_size: int, threads: int,
+                     check_shards: bool = False) -> dict[str, Any]:
     from srlm.generation import GenerationOptions, TransformersGenerator
 
     gen = TransformersGenerator(model, GenerationOptions(batch_size=batch_size, threads=threads))
-    gen.generate(prompts[:2], n=1, max_new_tokens=4)  # warm-up
-    gen.stats.__init__()
-    gen.generate(prompts, n=n, temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens, seed=0, desc=f"batch {batch_size}")
-    s = gen.stats
-    return {"sequences": s.completions, "new_tokens": s.new_tokens, "seconds": round(s.seconds, 3),
-            "tokens_per_second": round(s.tokens_per_second, 1), "batch_size": batch_size}
+    full, result = _timed_run(gen, prompts, n, max_new_tokens)
+    result["batch_size"] = batch_size
+    if check_shards:
+        result["shards_identical"] = shards_identical(gen, prompts, full, n, max_new_tokens)
+    return result
+
+
+def bench_vllm_generation(model: str, prompts: list[str], n: int, max_new_tokens: int, dtype: str) -> dict[str, Any]:
+    from srlm.generation import GenerationOptions
+    from srlm.vllm_backend import VLLMGenerator, close_engines
+
+    gen = VLLMGenerator(model, GenerationOptions(backend="vllm", dtype=dtype))
+    full, result = _timed_run(gen, prompts, n, max_new_tokens)
+    result.update(dtype=dtype, engine_start_seconds=round(gen.start_seconds, 1),
+                  shards_identical=shards_identical(gen, prompts, full, n, max_new_tokens))
+    close_engines()
+    result["engine_peak_rss_mb"] = round(_engine_peak_rss_mb(), 1)
+    return result
+
+
+def bench_vllm_judge(model: str, items: list[tuple[str, str]], prefix_caching: bool, dtype: str) -> dict[str, Any]:
+    from srlm.generation import make_generator
+    from srlm.judge import JudgeConfig, judge_pairs
+    from srlm.vllm_backend import close_engines
+
+    config = JudgeConfig.load("tiny", backend="vllm", dtype=dtype, prefix_caching=prefix_caching)
+    gen = make_generator(model, config)
+    gen.generate(["Hello"], n=1, max_new_tokens=4)  # warm-up that does not share the rubric prefix
+    started = time.perf_counter()
+    _, stats = judge_pairs(gen, items, config)
+    seconds = time.perf_counter() - started
+    close_engines()
+    return {"prefix_caching": prefix_caching, "dtype": dtype, "judgements": stats.judgements, "seconds": round(seconds, 3),
+            "judgements_per_second": round(stats.judgements / seconds, 2), "new_tokens": gen.stats.new_tokens,
+            "parse_failure_rate": round(stats.parse_failure_rate, 3), "engine_peak_rss_mb": round(_engine_peak_rss_mb(), 1)}
 
 
 def bench_judge(model: str, items: list[tuple[str, str]], threads: int) -> dict[str, Any]:
     from srlm.generation import make_generator
     from srlm.judge import JudgeConfig, judge_pairs
 
-    config = JudgeConfig.load("tiny", threads=threads)
+    config = JudgeConfig.load("tiny", backend="transformers", threads=threads)
     gen = make_generator(model, config)
     started = time.perf_counter()
     _, stats = judge_pairs(gen, items, config)
@@ -101,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the whole machine by default)")
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--demo-runs", default="runs/demo", help="where `make demo` writes its runs (newest is reported)")
+    parser.add_argument("--vllm-dtypes", default="bfloat16,float32", help="vLLM generation runs, one per dtype (first = judging's)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -118,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = (seed_data.ift_prompts(seed_data.bundled("ift")) * 4)[: args.prompts]
 
         print("generation: batched vs one sequence at a time ...", flush=True)
-        batched = isolated(bench_generation, str(m0), prompts, args.n, args.max_new_tokens, args.batch_size, args.threads)
+        batched = isolated(bench_generation, str(m0), prompts, args.n, args.max_new_tokens, args.batch_size, args.threads, True)
         # The naive loop: one sequence per forward pass (each prompt repeated n times, n=1 per request).
         one_by_one = [p for p in prompts[: args.sequential_prompts] for _ in range(args.n)]
         single = isolated(bench_generation, str(m0), one_by_one, 1, args.max_new_tokens, 1, args.threads)
@@ -142,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         results["dpo"] = isolated(bench_training, "dpo", str(tmp_path / "m1"), {"pairs": str(tmp_path / "pairs.jsonl")},
                                   str(tmp_path / "m2"), args.train_steps, args.threads)
 
+        results["vllm"] = run_vllm_benches(args, str(m0), str(tmp_path / "m1"), prompts, items, results)
+
     demo = latest_demo_summary(Path(args.demo_runs))
     if demo:
         results["pipeline_demo"] = demo
@@ -149,6 +217,34 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(results))
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def run_vllm_benches(args: argparse.Namespace, m0: str, m1: str, prompts: list[str], items: list[tuple[str, str]],
+                     results: dict[str, Any]) -> dict[str, Any]:
+    """vLLM vs transformers on the same prompts and model, judging with prefix caching on/off, shards."""
+    from srlm.generation import vllm_usable
+
+    usable, why = vllm_usable()
+    if not usable:
+        print(f"vLLM rows skipped: {why}; `make bench-vllm` runs them in .venv-vllm", flush=True)
+        return {"skipped": why}
+    dtypes = [d.strip() for d in args.vllm_dtypes.split(",") if d.strip()]
+    out: dict[str, Any] = {"why": why, "omp_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")}
+    batched = results["generation"]["batched"]
+    for dtype in dtypes:
+        print(f"generation: vLLM {dtype} ...", flush=True)
+        run = isolated(bench_vllm_generation, m0, prompts, args.n, args.max_new_tokens, dtype)
+        run["vs_transformers_batched"] = round(run["tokens_per_second"] / batched["tokens_per_second"], 2)
+        out[f"generation_{dtype}"] = run
+    for caching in (True, False):
+        print(f"judging: vLLM, prefix caching {'on' if caching else 'off'} ...", flush=True)
+        out[f"judge_prefix_caching_{'on' if caching else 'off'}"] = isolated(bench_vllm_judge, m1, items, caching, dtypes[0])
+    on, off = out["judge_prefix_caching_on"], out["judge_prefix_caching_off"]
+    out["judge_prefix_caching_speedup"] = round(on["judgements_per_second"] / off["judgements_per_second"], 2)
+    out["judge_vs_transformers"] = round(on["judgements_per_second"] / results["judge"]["judgements_per_second"], 2)
+    out["shards_identical"] = {"transformers": batched["shards_identical"],
+                               **{f"vllm_{d}": out[f"generation_{d}"]["shards_identical"] for d in dtypes}}
+    return out
 
 
 def latest_demo_summary(runs: Path) -> dict[str, Any] | None:
@@ -171,6 +267,7 @@ def summary(r: dict[str, Any]) -> str:
         (f"SFT step (batch {r['sft']['batch_size']})", f"{r['sft']['seconds_per_step']:.3f} s", f"{r['sft']['peak_rss_mb']:.0f} MB"),
         (f"DPO step (batch {r['dpo']['batch_size']})", f"{r['dpo']['seconds_per_step']:.3f} s", f"{r['dpo']['peak_rss_mb']:.0f} MB"),
     ]
+    rows += vllm_rows(r)
     demo = r.get("pipeline_demo")
     if demo:
         rows.append((f"tiny 3-iteration pipeline (make demo, {demo['run_dir']})", f"{demo['pipeline_seconds']:.0f} s", ""))
@@ -182,6 +279,27 @@ def summary(r: dict[str, Any]) -> str:
     lines = [f"{'measurement':<{width}}  {'throughput':>22}  {'peak RSS':>9}"]
     lines += [f"{a:<{width}}  {b:>22}  {c:>9}" for a, b, c in rows]
     return "\n".join(lines)
+
+
+def vllm_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    v = r.get("vllm") or {}
+    if "skipped" in v:
+        return [("vLLM rows", "skipped", ""), (f"  ({v['skipped']})", "", "")]
+    rows = []
+    for key, run in v.items():
+        if key.startswith("generation_"):
+            rows.append((f"generation, vLLM {run['dtype']} (engine start {run['engine_start_seconds']:.0f} s)",
+                         f"{run['tokens_per_second']:.0f} tok/s", f"{run['engine_peak_rss_mb']:.0f} MB"))
+            rows.append((f"  vLLM {run['dtype']} / transformers batched", f"{run['vs_transformers_batched']:.1f}x", ""))
+    for state in ("on", "off"):
+        run = v[f"judge_prefix_caching_{state}"]
+        rows.append((f"judging, vLLM, prefix caching {state}", f"{run['judgements_per_second']:.1f} judgements/s",
+                     f"{run['engine_peak_rss_mb']:.0f} MB"))
+    rows.append(("  prefix caching on / off", f"{v['judge_prefix_caching_speedup']:.2f}x", ""))
+    rows.append(("  vLLM (caching on) / transformers judging", f"{v['judge_vs_transformers']:.1f}x", ""))
+    same = ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in v["shards_identical"].items())
+    rows.append((f"K={SHARDS} shards identical to K=1", same, ""))
+    return rows
 
 
 if __name__ == "__main__":

