@@ -27,6 +27,9 @@ test: venv ## run the test suite (creates the venv when absent)
 demo: venv ## run the compiled pipeline (tiny YAML) end to end with kfp.local: M1..M3 in MLflow (CPU, minutes)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.run_local $(if $(DEMO_DIR),--run-dir $(DEMO_DIR))
 
+testbed: venv ## proof of learning: the compiled pipeline on the checkable testbed vs a random-judge control (SEED=0)
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.testbed $(if $(SEED),--seed $(SEED)) $(if $(TESTBED_DIR),--run-dir $(TESTBED_DIR))
+
 walkthrough: venv ## one self-rewarding iteration stage by stage with the srlm CLI (scripts/walkthrough.sh)
 	RUN_DIR=$(RUN_DIR) PY=$(PY) bash scripts/walkthrough.sh
 
@@ -80,7 +83,7 @@ lock: venv ## refresh requirements.lock from the current venv
 clean: ## remove run outputs (keeps the venv)
 	rm -rf runs bench.json .pytest_cache
 
-.PHONY: help venv test lint demo walkthrough mlflow-ui pipeline bench lock clean
+.PHONY: help venv test lint demo testbed walkthrough mlflow-ui pipeline bench lock clean
 
 # ---- images, cluster, pipeline submission (images/, manifests/, docs/deploy.md) -------------
 # REGISTRY=... TAG=... override images/images.json's registry and tag (as SRLM_REGISTRY /

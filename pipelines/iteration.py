@@ -50,7 +50,7 @@ def make_iteration(settings: PipelineSettings):
         configure(trained, "dpo", settings, "DPO")
         new_model = trained.outputs["trained_model"]
         evaluated = c.evaluate(evaluation=evaluation, model=new_model, previous=model, judge_model=judge_model,
-                               eft=eft, **run)
+                               eft=eft, seed=seed, **run)
         configure(evaluated, "evaluate", settings, "Evaluate")
         registered = c.register_model(model=new_model, evaluation_details=evaluated.outputs["details"],
                                       parent_version=parent_version, **run)

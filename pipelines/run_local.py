@@ -73,9 +73,10 @@ def pipeline_defaults(yaml_path: Path) -> dict[str, Any]:
 
 def run(
     run_dir: Path, yaml_path: Path = TINY_YAML, threads: int | None = None, verbose: bool = False,
-    overrides: dict[str, dict[str, Any]] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None, quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run the compiled pipeline in ``run_dir``; return the summary (also written to summary.json)."""
+    """Run the compiled pipeline in ``run_dir``; return the summary (also written to summary.json,
+    printed unless ``quiet``)."""
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     threads = threads or os.cpu_count() or 1
@@ -133,7 +134,8 @@ def run(
         raise SystemExit(1)
     summary = collect(run_dir, params["mlflow"], wall, store_seconds, started_at)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    print_summary(summary)
+    if not quiet:
+        print_summary(summary)
     return summary
 
 

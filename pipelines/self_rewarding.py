@@ -67,7 +67,8 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
         m1_task = c.seed_sft(training=training, base_model=base, seed=seed, eft=eft, with_eft=True, **run)
         configure(m1_task, "sft", settings, "M1: seed SFT (IFT + EFT)")
         m1 = m1_task.outputs["model"]
-        evaluated = c.evaluate(evaluation=evaluation, model=m1, previous=base, judge_model=m1, eft=eft, iteration=1, **run)
+        evaluated = c.evaluate(evaluation=evaluation, model=m1, previous=base, judge_model=m1, eft=eft, seed=seed,
+                               iteration=1, **run)
         configure(evaluated, "evaluate", settings, "Evaluate M1")
         registered = c.register_model(model=m1, evaluation_details=evaluated.outputs["details"], iteration=1,
                                       parent_version="", **run)

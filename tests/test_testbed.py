@@ -87,3 +87,77 @@ def test_pair_quality():
                        "unchecked_share": 0.25}
     with pytest.raises(SrlmError, match="unknown verifier 'ifeval'"):
         verifiers.pair_quality(pairs, "ifeval")
+
+
+SMALL = {"ift_examples": 60, "eft_examples": 60, "eft_eval_items": 10, "prompts_per_iteration": 6,
+         "verify_prompts": 10}
+
+
+def test_steps_testbed_seed_prompts_from_file_and_verifier_evaluation(sft_model, tmp_path):
+    """The pipeline's steps on the testbed: seed dir, each round's prompts sliced from the file, evaluation
+    with the verifier (satisfaction per kind, judge agreement) and pairs graded by the verifier."""
+    import json
+
+    from srlm import steps
+    from srlm.io import read_prompts, write_jsonl
+
+    data = {"preset": "tiny", "seed": {"source": "testbed"}, "testbed": SMALL}
+    stats = steps.seed_data(data, str(tmp_path / "seed"), mlflow={"enabled": False})
+    assert stats["prompts"] == 12 and (tmp_path / "seed" / "verify.jsonl").is_file()
+
+    sampling = {"preset": "tiny", "prompts": {"source": "file", "num_prompts": 6}}
+    rounds = []
+    for t in (2, 3):
+        steps.generate_prompts(sampling, str(sft_model), str(tmp_path / "seed"), str(tmp_path / f"p{t}.jsonl"), t,
+                               {"enabled": False})
+        rounds.append([r["id"] for r in read_prompts(tmp_path / f"p{t}.jsonl")])
+    assert rounds[0][0].startswith("tb-round2-") and rounds[1][0].startswith("tb-round3-") and len(rounds[1]) == 6
+    with pytest.raises(SrlmError, match="none left for iteration 4"):
+        steps.generate_prompts(sampling, str(sft_model), str(tmp_path / "seed"), str(tmp_path / "p4.jsonl"), 4,
+                               {"enabled": False})
+
+    evaluation = {"preset": "tiny", "verify": {"verifier": "testbed", "max_new_tokens": 16, "n": 2,
+                                              "judge_max_new_tokens": 16}}
+    metrics = steps.evaluate(evaluation, str(sft_model), str(sft_model), str(sft_model), str(tmp_path / "seed"),
+                             str(tmp_path / "eval"), str(tmp_path / "report.md"), 1, {"enabled": False},
+                             seed_dir=str(tmp_path / "seed"))
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert 0 <= summary["verify_satisfied"] <= 1 and "verify_judge_accuracy" in summary
+    assert {f"verify_satisfied_{k}" for k in testbed.KINDS} <= set(summary)
+    assert metrics["verify.prompts"] == 10
+    assert "## Verifier evaluation" in (tmp_path / "report.md").read_text()
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    prompt = "Describe snow in a single sentence. End it with an exclamation mark."
+    judged = [{"id": "a", "prompt": prompt, "replies": [
+        {"text": "Snow!", "judge_outputs": ["Score: 5"], "scores": [5], "mean": 5.0},
+        {"text": "Snow.", "judge_outputs": ["Score: 1"], "scores": [1], "mean": 1.0}]}]
+    write_jsonl(tmp_path / "judged.jsonl", judged, "judgements")
+    stats = steps.pairs({"preset": "tiny", "pairs": {"verifier": "testbed"}}, str(tmp_path / "judged.jsonl"),
+                        str(pairs_file), 2, {"enabled": False})
+    assert stats["verifier_correct_share"] == 1.0 and stats["verifier_inverted_share"] == 0.0
+
+
+# Margins calibrated on seeds 0, 1 and 2 (the README's testbed table gives the measured values).
+MARGINS = {"judge_accuracy": 0.85, "correct_over_inverted": 2.0, "m2_minus_m1": 15.0, "m3_drop": 2.0,
+           "gain_over_control": 3.0}
+
+
+@pytest.mark.testbed
+def test_the_compiled_pipeline_learns_on_the_testbed(tmp_path):
+    """Proof of learning: the compiled pipeline (kfp.local) raises the ground-truth score M1 -> M3 with its own
+    judge, and a random judge (the control) does not."""
+    from pipelines import testbed as bed
+
+    result = bed.run(tmp_path / "testbed", seed=0)
+    real, control = result["arms"]["self-judge"], result["arms"]["random-judge"]
+    m1, m2, m3 = (100 * row["satisfied"] for row in real)
+    for row in real[:2]:  # the judges that built the pairs: M1 (round 2) and M2 (round 3)
+        assert row["judge_accuracy"] >= MARGINS["judge_accuracy"], row
+    for row in real[1:]:
+        assert row["pairs_correct"] >= MARGINS["correct_over_inverted"] * row["pairs_inverted"], row
+    assert m2 - m1 >= MARGINS["m2_minus_m1"], (m1, m2)
+    assert m3 >= m2 - MARGINS["m3_drop"], (m2, m3)
+    control_gain = 100 * (control[-1]["satisfied"] - control[0]["satisfied"])
+    assert m3 - m1 >= MARGINS["gain_over_control"] * max(control_gain, 1.0), (m3 - m1, control_gain)
+    assert control[0]["satisfied"] == pytest.approx(real[0]["satisfied"])  # same M1: the arms differ only in the judge

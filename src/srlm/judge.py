@@ -51,16 +51,13 @@ After reviewing the question and the response:
 """
 
 # A compact rubric for very small models and CPU budgets (the testbed uses it): the same additive
-# idea and score line in ~60 tokens instead of ~300.
+# idea and score line in ~40 tokens instead of ~300, the response last so the verdict follows it.
 SHORT_TEMPLATE = """\
-Grade the response with an additive 5-point scale: points for being on topic, for answering the
-task, and for following every instruction the task gives.
+Grade the response from 0 to 5, adding points for being on topic, for answering the task and for \
+following every instruction of the task. Give a one-line reason, then "Score: <points>".
 
 Task: {instruction}
-Response: {response}
-
-Explain the grade in one sentence, then end with "Score: <points>".
-"""
+Response: {response}"""
 # Built-in templates a ``template`` setting can name instead of giving a file.
 NAMED_TEMPLATES = {"rubric": DEFAULT_TEMPLATE, "short": SHORT_TEMPLATE}
 

@@ -21,8 +21,16 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class PairsConfig(StageConfig):
     min_margin: float = setting(0.0, "keep a pair only if chosen - rejected score exceeds this (paper: any difference)")
+    verifier: str = setting("", "programmatic verifier (testbed) that grades the pairs: shares ordered as the judge "
+                            "did, inverted, tied; empty = none")
 
     PRESETS = {"tiny": {}}
+
+    def validate(self) -> None:
+        if self.verifier:
+            from srlm.verifiers import get_verifier
+
+            get_verifier(self.verifier)
 
 
 def best_and_worst(record: Record, min_margin: float = 0.0) -> tuple[Record, Record] | None:
@@ -84,6 +92,10 @@ def run(config: PairsConfig, judgements: str | Path, out: str | Path, overwrite:
             f"({stats['unscored_replies']} of {stats['replies']} replies had no valid score, "
             f"{stats['ties_or_unpaired']} prompts tied or had < 2 scored replies); nothing to train DPO on"
         )
+    if config.verifier:
+        from srlm.verifiers import pair_quality
+
+        stats.update({f"verifier_{k}": v for k, v in pair_quality(pairs, config.verifier).items() if k != "pairs"})
     write_jsonl(out, pairs, "pair")
     log.info("pairs: %s", stats)
     return stats

@@ -19,7 +19,7 @@ from typing import Any
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, make_generator
-from srlm.io import check_output_free, write_jsonl
+from srlm.io import check_output_free, read_prompts, write_jsonl
 from srlm.seed_data import read_seed_prompts
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class PromptGenConfig(GenerationOptions, StageConfig):
     requests_per_round: int = setting(0, "few-shot requests per round; 0 = the prompts still missing")
     prompt_model: str = setting("", "model directory that writes the prompts; empty = the current model M(t) "
                                 "(the paper used a fixed, stronger model)")
+    source: str = setting("generate", "generate: the model writes new prompts (Self-Instruct); file: take them from "
+                          "a prompts file instead, num_prompts per iteration, a fresh slice each round")
+    file: str = setting("", "prompts file (JSONL {id, prompt}) for source=file; empty = prompts.jsonl in the seed directory")
 
     PRESETS = {"tiny": {"num_prompts": 24, "max_new_tokens": 40, "max_rounds": 4, "min_words": 2}}
 
@@ -58,6 +61,30 @@ class PromptGenConfig(GenerationOptions, StageConfig):
             raise SrlmError("seed_shots must be >= 1")
         if not 0 < self.rouge_threshold <= 1:
             raise SrlmError(f"rouge_threshold must be in (0, 1], got {self.rouge_threshold}")
+        if self.source not in SOURCES:
+            raise SrlmError(f"unknown prompt source {self.source!r}; choose from {', '.join(SOURCES)}")
+
+
+SOURCES = ("generate", "file")
+
+
+def from_file(config: PromptGenConfig, prompts: str | Path, iteration: int, out: str | Path,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Iteration t's prompts from a file: rows (t-2)*num_prompts .. (t-1)*num_prompts, so rounds never share one.
+
+    Iteration 2 is the first DPO round (M1 -> M2).
+    """
+    check_output_free(out, overwrite)
+    rows = read_prompts(prompts)
+    start = (iteration - 2) * config.num_prompts
+    chosen = rows[max(start, 0) : start + config.num_prompts]
+    if iteration < 2 or not chosen:
+        raise SrlmError(f"{prompts}: {len(rows)} prompts, none left for iteration {iteration} "
+                        f"({config.num_prompts} per round from row {start + 1}); give more prompts or lower num_prompts")
+    write_jsonl(out, [{**r, "source": r.get("source") or "file"} for r in chosen], "prompt")
+    stats = {"proposed": len(chosen), "accepted": len(chosen), "from_file": 1}
+    log.info("prompts for iteration %d: rows %d-%d of %s", iteration, start + 1, start + len(chosen), prompts)
+    return stats
 
 
 def few_shot_request(examples: list[str]) -> str:

@@ -41,8 +41,8 @@ def ift_prompts(records: list[Record]) -> list[str]:
 class SeedConfig(StageConfig):
     source: str = setting(
         "bundled",
-        "bundled (the project's own seed set), or OpenAssistant data: a local JSONL/parquet path "
-        "(flat messages or nested trees) or a hub id such as OpenAssistant/oasst1",
+        "bundled (the project's own seed set), testbed (checkable constraints, srlm.testbed), or OpenAssistant "
+        "data: a local JSONL/parquet path (flat messages or nested trees) or a hub id such as OpenAssistant/oasst1",
     )
     split: str = setting("train", "hub split to read when source is a hub id")
     ift_count: int = setting(3200, "IFT examples to keep (paper: 3,200); 0 = all")
@@ -54,13 +54,18 @@ class SeedConfig(StageConfig):
     PRESETS = {"tiny": {"ift_count": 64}}
 
 
-def run(config: SeedConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def run(config: SeedConfig, out: str | Path, overwrite: bool = False, testbed: Any = None) -> dict[str, Any]:
     """Write ``ift.jsonl`` and, depending on the source, ``eft_train``/``eft_eval`` or ``eft_pool``.
 
     The bundled source ships judged EFT data; OpenAssistant yields an EFT *pool* of ranked
-    replies that the EFT builder turns into judge data with the SFT baseline.
+    replies that the EFT builder turns into judge data with the SFT baseline; the testbed
+    (``testbed``: its TestbedConfig) also writes ``prompts.jsonl`` and ``verify.jsonl``.
     """
     out = check_output_free(out, overwrite)
+    if config.source == "testbed":
+        from srlm import testbed as tb
+
+        return tb.run(testbed or tb.TestbedConfig(), out)
     if config.source == "bundled":
         parts = {name: bundled(name) for name in BUNDLED}
         if config.ift_count:

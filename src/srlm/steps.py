@@ -10,12 +10,12 @@ Settings groups (pipeline parameters). Each is a dict; a missing key keeps the p
 
     base_model  {"preset": "tiny", "tiny": {TinyModelConfig...}}          (tiny base model)
                 {"uri": "s3://bucket/models/Llama-2-70b-hf"}               (a Hugging Face model directory)
-    data        {"preset", "seed": {SeedConfig...}, "eft": {EFTConfig...},
+    data        {"preset", "seed": {SeedConfig...}, "eft": {EFTConfig...}, "testbed": {TestbedConfig...},
                  "files": {"ift": path, "eft_train": path, "eft_eval": path, "eft_pool": path}}
     sampling    {"preset", "threads", "prompts": {PromptGenConfig...}, "candidates": {SamplingConfig...}}
     judging     {"preset", "threads", "judge": {JudgeConfig...}, "pairs": {PairsConfig...}}
     training    {"preset", "threads", "sft": {SFTConfig...}, "dpo": {DPOConfig...}}
-    evaluation  {"preset", "threads", "rm": {RMEvalConfig...}, "winrate": {WinRateConfig...},
+    evaluation  {"preset", "threads", "rm": {RMEvalConfig...}, "winrate": {WinRateConfig...}, "verify": {VerifyConfig...},
                  "prompts": path (head-to-head prompts; default: the EFT eval prompts),
                  "promotion": {PromotionRule...}}
     mlflow      {"enabled": true, "experiment": "srlm", "model_name": "srlm",
@@ -56,12 +56,12 @@ log = logging.getLogger(__name__)
 # group -> {key: (module, config class)}
 CONFIGS: dict[str, dict[str, tuple[str, str]]] = {
     "base_model": {"tiny": ("tiny_model", "TinyModelConfig")},
-    "data": {"seed": ("seed_data", "SeedConfig"), "eft": ("eft", "EFTConfig")},
+    "data": {"seed": ("seed_data", "SeedConfig"), "eft": ("eft", "EFTConfig"), "testbed": ("testbed", "TestbedConfig")},
     "sampling": {"prompts": ("prompts", "PromptGenConfig"), "candidates": ("sampling", "SamplingConfig")},
     "judging": {"judge": ("judge", "JudgeConfig"), "pairs": ("pairs", "PairsConfig")},
     "training": {"sft": ("training", "SFTConfig"), "dpo": ("training", "DPOConfig")},
     "evaluation": {"rm": ("evaluation", "RMEvalConfig"), "winrate": ("evaluation", "WinRateConfig"),
-                   "promotion": ("tracking", "PromotionRule")},
+                   "verify": ("verifiers", "VerifyConfig"), "promotion": ("tracking", "PromotionRule")},
 }
 SHARED_KEYS = ("threads", "backend", "dtype")
 EXTRA_KEYS = {"base_model": ("uri",), "data": ("files",), "evaluation": ("prompts",)}
@@ -256,7 +256,7 @@ def seed_data(data: Mapping[str, Any], out: str, mlflow: Mapping[str, Any] | Non
         check_output_free(out)
         with atomic_path(out, directory=True) as tmp:
             if "ift" not in given:
-                stats.update(sd.run(config, tmp / "seed"))
+                stats.update(sd.run(config, tmp / "seed", testbed=stage_config("data", data, "testbed")))
                 for part in (tmp / "seed").iterdir():
                     part.rename(tmp / part.name)
                 (tmp / "seed").rmdir()
@@ -345,7 +345,11 @@ def generate_prompts(
     seeds = Path(seed_dir) / "ift.jsonl"
     stats: dict[str, Any] = {}
     with _timed(stats):
-        stats.update(prompts.run(config, model, out, seed_prompts=seeds))
+        if config.source == "file":
+            source = Path(config.file or Path(seed_dir) / "prompts.jsonl")
+            stats.update(prompts.from_file(config, source, iteration, out))
+        else:
+            stats.update(prompts.run(config, model, out, seed_prompts=seeds))
     return _finish(mlflow, "prompts", _params(config, model=model, seed_prompts=seeds, out=out), stats,
                    {"prompts_sample.jsonl": Head(out, 20)}, iteration)
 
@@ -461,13 +465,17 @@ def evaluate(
     report: str,
     iteration: int,
     mlflow: Mapping[str, Any] | None = None,
+    seed_dir: str | None = None,
 ) -> dict[str, float]:
-    """M(t) as a reward model (EFT eval split) and head-to-head against M(t-1) (judged by ``judge_model``).
+    """M(t) as a reward model (EFT eval split) and head-to-head against M(t-1) (judged by ``judge_model``);
+    with ``evaluation.verify.verifier`` set, also its answers checked by that verifier (``verifiers.run_verify``).
 
-    Writes ``out_dir/rm/``, ``out_dir/winrate/``, ``out_dir/summary.json`` (the key metrics that
-    registration puts on the model version) and one Markdown ``report``.
+    Writes ``out_dir/rm/``, ``out_dir/winrate/``, ``out_dir/verify/`` (with a verifier),
+    ``out_dir/summary.json`` (the key metrics that registration puts on the model version) and one
+    Markdown ``report``.
     """
     from srlm import evaluation as ev
+    from srlm import verifiers as vf
     from srlm.io import write_json
     from srlm.tracking import head_to_head_metrics
 
@@ -480,11 +488,18 @@ def evaluate(
         prompts = eval_prompts(evaluation, eft_dir, out / "prompts.jsonl")
         rm = ev.run_rm(rm_config, model, Path(eft_dir) / "eft_eval.jsonl", out / "rm")
         win = ev.run_winrate(win_config, model, previous, judge_model, prompts, out / "winrate")
+        verify_config = stage_config("evaluation", evaluation, "verify")
+        verified = None
+        if verify_config.verifier:
+            verify_prompts = vf.verify_prompts_path(verify_config, seed_dir)
+            verified = vf.run_verify(verify_config, model, verify_prompts, out / "verify")
     summary: dict[str, Any] = {k: rm[k] for k in RM_KEYS if rm.get(k) is not None}
     summary["judge_parse_failure_rate"] = rm["judge_parse_failure_rate"]
     summary.update(head_to_head_metrics(win, "previous"))
     summary["mean_length"] = win["mean_length_a"]
     summary["mean_length_previous"] = win["mean_length_b"]
+    if verified is not None:
+        summary.update(verify_summary(verified))
     write_json(out / "summary.json", summary)
     text = (
         f"# Evaluation of M{iteration}\n\n"
@@ -493,17 +508,33 @@ def evaluate(
         + "\n\n"
         + (out / "rm" / "report.md").read_text(encoding="utf-8").replace("# Reward-model", "## Reward-model", 1)
     )
+    if verified is not None:
+        text += "\n\n" + (out / "verify" / "report.md").read_text(encoding="utf-8").replace("# Verifier", "## Verifier", 1)
     Path(report).parent.mkdir(parents=True, exist_ok=True)
     Path(report).write_text(text, encoding="utf-8")
     stats.update(summary)
-    stats.update({"rm": rm, "winrate": win})
+    stats.update({"rm": rm, "winrate": win, **({"verify": verified} if verified is not None else {})})
     params = {
         "rm": rm_config.to_dict(), "winrate": win_config.to_dict(),
         "path.model": model, "path.previous": previous, "path.judge_model": judge_model, "path.prompts": str(prompts),
     }
     artifacts = {"report.md": report, "rm_metrics.json": out / "rm" / "metrics.json",
                  "winrate_metrics.json": out / "winrate" / "metrics.json", "summary.json": out / "summary.json"}
+    if verified is not None:
+        params["verify"] = verify_config.to_dict()
+        artifacts["verify_metrics.json"] = out / "verify" / "metrics.json"
     return _finish(mlflow, "evaluate", params, stats, artifacts, iteration)
+
+
+def verify_summary(verified: Mapping[str, Any]) -> dict[str, float]:
+    """The verifier's headline numbers for summary.json and the model version's tags."""
+    summary = {"verify_satisfied": verified["satisfied"], "verify_stderr": verified["stderr"],
+               "verify_mean_length_words": verified["mean_length_words"]}
+    summary.update({f"verify_satisfied_{kind}": m["satisfied"] for kind, m in verified["by_kind"].items()})
+    if verified.get("judge"):
+        summary["verify_judge_accuracy"] = verified["judge"]["accuracy"]
+        summary["verify_judge_balanced_accuracy"] = verified["judge"]["balanced_accuracy"]
+    return summary
 
 
 # --------------------------------------------------------------------------- registry
@@ -765,9 +796,9 @@ def _check_data(data: Mapping[str, Any], seed_config: Any, eft_build: bool) -> N
         read_jsonl(path, DATA_FILES[name])  # readable and valid, with file:line on the first bad record
     if "ift" not in files:
         source = seed_config.source
-        if source != "bundled" and not _looks_like_hub_id(source) and not Path(source).exists():
+        if source not in ("bundled", "testbed") and not _looks_like_hub_id(source) and not Path(source).exists():
             raise SrlmError(f"data.seed.source {source!r}: no such file or directory (and not a hub id like OpenAssistant/oasst1)")
-    has_eft = {"eft_train", "eft_eval"} <= set(files) or ("ift" not in files and seed_config.source == "bundled")
+    has_eft = {"eft_train", "eft_eval"} <= set(files) or ("ift" not in files and seed_config.source in ("bundled", "testbed"))
     if not eft_build and not has_eft:
         raise SrlmError(
             "no EFT data: the seed source gives an EFT pool only; compile the pipeline with the EFT build "
@@ -791,6 +822,9 @@ def _check_templates(configs: Mapping[str, Any]) -> None:
         "judging.judge.template": getattr(configs.get("judging.judge"), "template", None),
         "evaluation.rm.template": getattr(configs.get("evaluation.rm"), "template", None),
     }
+    verify = configs.get("evaluation.verify")
+    if verify is not None and verify.verifier and verify.judge:
+        used["evaluation.verify.judge_template"] = verify.judge_template
     if configs.get("data.eft") is not None:
         used["data.eft.template"] = configs["data.eft"].template
     used = {k: v for k, v in used.items() if v is not None}

@@ -186,16 +186,37 @@ def _reachable(topic: str) -> set[int]:
     return {len(f"{topic} {verb} x {tail}".split()) for verb in VERBS for tail in TAILS}
 
 
+def observation(kind: str, arg: str, answer: str) -> str:
+    """What the judge notes before its verdict: the fact the constraint turns on, copied from the texts.
+
+    Copying (the asked word, the word used, the last mark, the first word) is what a small model
+    learns easily; the verdict then compares two tokens it has just written.
+    """
+    answer = answer.strip()
+    words = answer.split()
+    if kind == "caps":
+        return f"Capitals only: {'yes' if CONSTRAINTS['caps'].passes(answer, arg) else 'no'}."
+    if kind == "exclaim":
+        return f'Last mark: "{answer[-1:] or "none"}".'
+    if kind == "word":
+        used = next((w for w in words if w.lower().strip(".,!?") in WORDS), "none")
+        return f'Asked for "{arg}", used "{used.strip(".,!?")}".'
+    if kind == "count":
+        return f"Asked for {arg} words, counted {len(words)}."
+    return f'First word: "{words[0].strip(".,!?") if words else "none"}".'
+
+
 def judgement(prompt: str, answer: str, rng: random.Random) -> tuple[str, int]:
-    """The EFT target for (prompt, answer): a one-line reason from the verifier, then the score line."""
-    kind, _ = parse_constraint(prompt) or (None, None)
-    if kind is None:
+    """The EFT target for (prompt, answer): the observation, the verdict from the verifier, the score line."""
+    parsed = parse_constraint(prompt)
+    if parsed is None:
         raise SrlmError(f"not a testbed prompt: {prompt!r}")
-    constraint = CONSTRAINTS[kind]
+    kind, arg = parsed
+    note = observation(kind, arg, answer)
     if check(prompt, answer):
-        return f"The response is about the topic and {constraint.said_pass}, as asked.\nScore: 5", 5
+        return f"{note} Follows the task.\nScore: 5", 5
     score = rng.choice([1, 2])
-    return f"The response is about the topic but {constraint.said_fail}, which the task asked for.\nScore: {score}", score
+    return f"{note} Misses the task.\nScore: {score}", score
 
 
 # --------------------------------------------------------------------------- the seed directory
