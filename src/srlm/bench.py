@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     from srlm import seed_data, tiny_model
     from srlm.io import write_json, write_jsonl
 
-    results: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "settings": vars(args)}
+    # The load average says whether other work shared the CPUs (torch with 2 threads slows down 8-40x then).
+    machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    results: dict[str, Any] = {"machine": machine, "settings": vars(args)}
     with tempfile.TemporaryDirectory(prefix="srlm-bench-") as tmp:
         tmp_path = Path(tmp)
         m0 = tmp_path / "m0"
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = latest_demo_summary(Path(args.demo_runs))
     if demo:
         results["pipeline_demo"] = demo
+    machine["load_average_at_end"] = os.getloadavg()
     write_json(args.out, results)
     print(summary(results))
     print(f"\nwritten to {args.out}")
