@@ -189,13 +189,14 @@ def _reachable(topic: str) -> set[int]:
 def observation(kind: str, arg: str, answer: str) -> str:
     """What the judge notes before its verdict: the fact the constraint turns on, copied from the texts.
 
-    Copying (the asked word, the word used, the last mark, the first word) is what a small model
-    learns easily; the verdict then compares two tokens it has just written.
+    Copying (the asked word, the word used, the last mark, the first word, the first word not in
+    capitals) is what a small model learns easily; the verdict then compares what it has just written.
     """
     answer = answer.strip()
     words = answer.split()
     if kind == "caps":
-        return f"Capitals only: {'yes' if CONSTRAINTS['caps'].passes(answer, arg) else 'no'}."
+        lower = next((w.strip(".,!?") for w in words if w != w.upper()), "none")
+        return f'Not in capitals: "{lower}".'
     if kind == "exclaim":
         return f'Last mark: "{answer[-1:] or "none"}".'
     if kind == "word":
