@@ -225,9 +225,9 @@ def judgement(prompt: str, answer: str, rng: random.Random) -> tuple[str, int]:
 
 @dataclasses.dataclass
 class TestbedConfig(StageConfig):
-    ift_examples: int = setting(6000, "IFT conversations (instruction -> answer)")
+    ift_examples: int = setting(4000, "IFT conversations (instruction -> answer)")
     satisfy_fraction: float = setting(0.5, "share of IFT answers that satisfy their constraint")
-    eft_examples: int = setting(6000, "EFT judge examples, labelled by the verifier")
+    eft_examples: int = setting(8000, "EFT judge examples, labelled by the verifier")
     eft_eval_items: int = setting(100, "held-out judge items (one satisfying and one missing answer each)")
     prompts_per_iteration: int = setting(300, "fresh prompts per DPO round in prompts.jsonl")
     iterations: int = setting(3, "models M1..M<iterations>: prompts.jsonl holds iterations-1 rounds of prompts")
