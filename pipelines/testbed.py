@@ -112,20 +112,21 @@ def _pct(value: float | None, se: float | None = None) -> str:
     return f"{100 * value:.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
 
 
+def _pair_shares(row: dict[str, Any]) -> str:
+    if row["pairs_correct"] is None:
+        return "-"
+    return "/".join(f"{100 * row[k]:.0f}" for k in ("pairs_correct", "pairs_inverted", "pairs_tied"))
+
+
 def print_table(result: dict[str, Any]) -> None:
     header = ("model", "satisfied % ± se", "judge acc %", "pairs", "pairs ok/inv/tie %", "length",
               "control: satisfied %", "control pairs ok/inv/tie %")
     lines = [header]
     for real, control in zip(result["arms"]["self-judge"], result["arms"]["random-judge"]):
-        def quality(row: dict[str, Any]) -> str:
-            if row["pairs_correct"] is None:
-                return "-"
-            return "/".join(f"{100 * row[k]:.0f}" for k in ("pairs_correct", "pairs_inverted", "pairs_tied"))
-
         lines.append((real["model"], _pct(real["satisfied"], real["stderr"]), _pct(real["judge_accuracy"]),
-                      "-" if real["pairs"] is None else f"{real['pairs']:.0f}", quality(real),
+                      "-" if real["pairs"] is None else f"{real['pairs']:.0f}", _pair_shares(real),
                       "-" if real["mean_length_words"] is None else f"{real['mean_length_words']:.1f}",
-                      _pct(control["satisfied"], control["stderr"]), quality(control)))
+                      _pct(control["satisfied"], control["stderr"]), _pair_shares(control)))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     print()
     print(f"Testbed, seed {result['seed']}: share of answers to {result['verify_prompts']} held-out prompts "

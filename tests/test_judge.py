@@ -86,3 +86,16 @@ def test_named_templates():
     assert load_template("short") == SHORT_TEMPLATE and load_template("rubric") == DEFAULT_TEMPLATE
     for template in NAMED_TEMPLATES.values():
         check_template(template)
+
+
+def test_derived_judge_keeps_the_engine_settings():
+    """Win rate and verifier judges run on the stage's own engine (e.g. a served model over HTTP)."""
+    from srlm.evaluation import WinRateConfig
+    from srlm.verifiers import VerifyConfig
+
+    for cls in (WinRateConfig, VerifyConfig):
+        config = cls.load("tiny", backend="openai", base_url="http://judge:8000/v1", judge_samples=2,
+                          judge_template="short")
+        judge = config.judge_config()
+        assert (judge.backend, judge.base_url, judge.samples, judge.template) == (
+            "openai", "http://judge:8000/v1", 2, "short")

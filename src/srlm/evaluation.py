@@ -32,7 +32,7 @@ from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, Generator, make_generator
 from srlm.io import Record, atomic_path, check_output_free, read_jsonl, read_prompts, validate, write_json, write_jsonl
-from srlm.judge import JudgeConfig, check_template, fill_slots, judge_pairs, load_template
+from srlm.judge import JudgeConfig, check_template, fill_slots, judge_config_of, judge_pairs, load_template
 from srlm.modeldir import read_lineage
 
 log = logging.getLogger(__name__)
@@ -400,11 +400,7 @@ class WinRateConfig(GenerationOptions, StageConfig):
 
     def judge_config(self) -> JudgeConfig:
         """The rubric judge settings this config implies (for ``judge.judge_pairs``)."""
-        return JudgeConfig(
-            backend=self.backend, batch_size=self.batch_size, threads=self.threads, dtype=self.dtype, seed=self.seed,
-            samples=self.judge_samples, temperature=self.judge_temperature, top_p=self.judge_top_p,
-            max_new_tokens=self.judge_max_new_tokens, template=self.judge_template,
-        )
+        return judge_config_of(self)
 
 
 class _ModelSlot:

@@ -132,6 +132,16 @@ class JudgeConfig(GenerationOptions, StageConfig):
             raise SrlmError(f"unknown judge scorer {self.scorer!r}; choose from {', '.join(SCORERS)}")
 
 
+def judge_config_of(config: Any) -> JudgeConfig:
+    """The rubric judge a config with ``judge_*`` settings implies (win rate, verifier evaluation):
+    its own engine settings (every ``GenerationOptions`` field) plus the judge's sampling and template."""
+    engine = {f.name: getattr(config, f.name) for f in dataclasses.fields(GenerationOptions)}
+    return JudgeConfig(
+        **engine, samples=config.judge_samples, temperature=config.judge_temperature, top_p=config.judge_top_p,
+        max_new_tokens=config.judge_max_new_tokens, template=config.judge_template,
+    )
+
+
 @dataclasses.dataclass
 class JudgeStats:
     replies: int = 0

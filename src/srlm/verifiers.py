@@ -28,8 +28,8 @@ from typing import Any
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, make_generator
-from srlm.io import Record, atomic_path, check_output_free, read_jsonl, read_prompts, write_json, write_jsonl
-from srlm.judge import judge_pairs, load_template
+from srlm.io import Record, atomic_path, check_output_free, read_prompts, write_json, write_jsonl
+from srlm.judge import JudgeConfig, judge_config_of, judge_pairs, load_template
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,8 @@ class VerifyConfig(GenerationOptions, StageConfig):
         if self.n < 1 or self.judge_samples < 1:
             raise SrlmError("verify: n and judge_samples must be >= 1")
 
-    def judge_config(self) -> Any:
-        from srlm.judge import JudgeConfig
-
-        return JudgeConfig(
-            backend=self.backend, batch_size=self.batch_size, threads=self.threads, dtype=self.dtype, seed=self.seed,
-            samples=self.judge_samples, temperature=self.judge_temperature, top_p=self.judge_top_p,
-            max_new_tokens=self.judge_max_new_tokens, template=self.judge_template,
-        )
+    def judge_config(self) -> JudgeConfig:
+        return judge_config_of(self)
 
 
 def satisfaction(rows: list[Record]) -> dict[str, Any]:
@@ -218,6 +212,3 @@ def verify_prompts_path(config: VerifyConfig, seed_dir: str | Path | None) -> Pa
         raise SrlmError(f"verify: no prompts given and no verify.jsonl in the seed directory {seed_dir}")
     return Path(seed_dir) / "verify.jsonl"
 
-
-def read_pairs(path: str | Path) -> list[Record]:
-    return read_jsonl(path, "pair")
