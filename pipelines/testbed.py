@@ -2,10 +2,11 @@
 
     python -m pipelines.testbed [--seed 0] [--run-dir runs/testbed/<time>]      (what ``make testbed`` runs)
 
-Runs the compiled tiny pipeline twice with kfp.local, on the testbed (``srlm.testbed``: one short
+Runs the compiled tiny pipeline twice with kfp.local, side by side, on the testbed (``srlm.testbed``: one short
 sentence about a topic under one checkable constraint): once as the method says (the model judges
 its own candidates), once with ``judging.judge.scorer=random`` (the control: same data, same
-training, scores drawn at random). Then prints one table: per M(t), the share of its answers to
+training, scores drawn at random; one process each, one torch thread per task, so the two fill two
+cores). Then prints one table: per M(t), the share of its answers to
 held-out prompts that satisfy their constraint (with the standard error over prompts), its judge's
 accuracy against the verifier, the round's pairs and how the verifier orders them, the mean answer
 length; and the gain M1 -> M<last> against the control's. Each run keeps its MLflow store in its
@@ -35,16 +36,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
                          "prompts_per_iteration": 300, "verify_prompts": 250, "eft_eval_items": 100}},
     "sampling": {"preset": "tiny", "prompts": {"source": "file", "num_prompts": 300},
                  "candidates": {"n": 4, "max_new_tokens": 32}},
-    "judging": {"preset": "tiny", "judge": {"template": "short", "samples": 3, "max_new_tokens": 40},
+    "judging": {"preset": "tiny", "judge": {"template": "short", "samples": 3, "max_new_tokens": 64},
                 "pairs": {"verifier": "testbed"}},
     "training": {"preset": "tiny",
-                 "sft": {"judge_template": "short", "per_device_batch_size": 16, "max_steps": 1000, "max_length": 512},
+                 "sft": {"judge_template": "short", "per_device_batch_size": 16, "max_steps": 3000, "max_length": 512},
                  "dpo": {"learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs": 2, "max_steps": 0,
                          "per_device_batch_size": 8, "beta": 0.1, "max_length": 512}},
-    "evaluation": {"preset": "tiny", "rm": {"template": "short", "max_new_tokens": 40, "max_items": 40},
-                   "winrate": {"max_new_tokens": 32, "judge_template": "short", "judge_max_new_tokens": 40},
+    "evaluation": {"preset": "tiny", "rm": {"template": "short", "max_new_tokens": 64, "max_items": 40},
+                   "winrate": {"max_new_tokens": 32, "judge_template": "short", "judge_max_new_tokens": 64},
                    "verify": {"verifier": "testbed", "judge_template": "short", "max_new_tokens": 32,
-                              "judge_max_new_tokens": 40}},
+                              "judge_max_new_tokens": 64}},
 }
 # Where each group keeps its seed (one --seed moves them all).
 SEEDED = {"base_model": ["tiny"], "data": ["testbed"], "sampling": ["candidates"], "judging": ["judge"],
@@ -146,20 +147,33 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"Wall time: {result['seconds']:.0f} s. Runs and MLflow stores: {result['run_dir']}")
 
 
+def run_arm(run_dir: Path, groups: dict[str, dict[str, Any]], threads: int | None, verbose: bool) -> list[dict[str, Any]]:
+    """One arm: the compiled pipeline with ``groups``, then its table rows. Its own process (kfp.local and
+    MLflow settings are process-wide)."""
+    summary = run_local.run(run_dir, threads=threads, verbose=verbose, overrides=groups, quiet=True)
+    return arm_rows(summary)
+
+
 def run(run_dir: Path, seed: int = 0, threads: int | None = 1, verbose: bool = False,
-        overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Both arms in ``run_dir/<arm>``; returns (and writes to ``testbed.json``) the table's numbers."""
+        overrides: dict[str, dict[str, Any]] | None = None, parallel: bool = True) -> dict[str, Any]:
+    """Both arms in ``run_dir/<arm>``, side by side when ``parallel``; returns (and writes to ``testbed.json``)
+    the table's numbers."""
+    import multiprocessing
     import time
+    from concurrent.futures import ProcessPoolExecutor
 
     started = time.perf_counter()
-    arms = {}
+    jobs = {}
     for arm, scorer in ARMS.items():
         groups = settings_for(seed, scorer)
         for group, values in (overrides or {}).items():
             groups[group] = {**groups.get(group, {}), **values}
-        print(f"\n== {arm} (judging.judge.scorer={scorer}) ==")
-        summary = run_local.run(run_dir / arm, threads=threads, verbose=verbose, overrides=groups, quiet=True)
-        arms[arm] = arm_rows(summary)
+        jobs[arm] = (run_dir / arm, groups, threads, verbose)
+        print(f"{arm}: judging.judge.scorer={scorer}, in {run_dir / arm}")
+    workers = len(jobs) if parallel else 1
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {arm: pool.submit(run_arm, *job) for arm, job in jobs.items()}
+        arms = {arm: future.result() for arm, future in futures.items()}
     result = {"seed": seed, "run_dir": str(run_dir), "seconds": round(time.perf_counter() - started, 1),
               "verify_prompts": SETTINGS["data"]["testbed"]["verify_prompts"], "arms": arms,
               "comparison": compare(arms)}
@@ -176,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per task (default 1: this tiny model gains nothing from more, and "
                              "oversubscribed cores slow it down many times)")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="run the control after the real arm (default: side by side, one process each)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream every task's log here too")
     args = parser.parse_args(argv)
-    run(Path(args.run_dir), args.seed, args.threads, args.verbose)
+    run(Path(args.run_dir), args.seed, args.threads, args.verbose, parallel=not args.one_at_a_time)
     return 0
 
 

@@ -76,7 +76,7 @@ CONSTRAINTS = {
                                "Make the last character an exclamation mark.", "Close it with an exclamation mark."),
                    lambda a, _: a.rstrip().endswith("!"),
                    "ends with an exclamation mark", "does not end with an exclamation mark"),
-        Constraint("word", ('Include the word "{arg}".', 'Use the word "{arg}" in it.'),
+        Constraint("word", ("Include the word {arg}.", "Use the word {arg} in it."),
                    lambda a, w: re.search(rf"\b{re.escape(w)}\b", a, re.IGNORECASE) is not None,
                    "contains the requested word", "does not contain the requested word"),
         Constraint("count", ("Use exactly {arg} words.", "It must have exactly {arg} words."),
@@ -189,22 +189,25 @@ def _reachable(topic: str) -> set[int]:
 def observation(kind: str, arg: str, answer: str) -> str:
     """What the judge notes before its verdict: the fact the constraint turns on, copied from the texts.
 
-    Copying (the asked word, the word used, the last mark, the first word, the first word not in
-    capitals) is what a small model learns easily; the verdict then compares what it has just written.
+    Copying (the asked word beside the word used, the last mark, the first word, the first word not
+    in capitals) is what a small model learns easily, so words are copied in the form they have in
+    the texts (" really", not '"really"': another token). Counting is not: the count is spelled
+    out word by word ("The 1 ocean 2 is 3 calm 4"), each step a copy and an increment.
     """
     answer = answer.strip()
-    words = answer.split()
+    words = [w.strip(".,!?") for w in answer.split()]
     if kind == "caps":
-        lower = next((w.strip(".,!?") for w in words if w != w.upper()), "none")
+        lower = next((w for w in words if w != w.upper()), "none")
         return f'Not in capitals: "{lower}".'
     if kind == "exclaim":
         return f'Last mark: "{answer[-1:] or "none"}".'
     if kind == "word":
-        used = next((w for w in words if w.lower().strip(".,!?") in WORDS), "none")
-        return f'Asked for "{arg}", used "{used.strip(".,!?")}".'
+        used = next((w for w in words if w.lower() in WORDS), "none")
+        return f"Asked for {arg}, used {used}."
     if kind == "count":
-        return f"Asked for {arg} words, counted {len(words)}."
-    return f'First word: "{words[0].strip(".,!?") if words else "none"}".'
+        spelled = " ".join(f"{w} {i}" for i, w in enumerate(words, 1))
+        return f"Asked for {arg} words: {spelled}."
+    return f'First word: "{words[0] if words else "none"}".'
 
 
 def judgement(prompt: str, answer: str, rng: random.Random) -> tuple[str, int]:
