@@ -54,6 +54,22 @@ def test_seed_directory_is_disjoint_balanced_and_reproducible(tmp_path):
     assert rounds == ["round2"] * 50 + ["round3"] * 50
 
 
+@pytest.mark.parametrize(("prompt", "answer", "expected"), [
+    ("Describe snow in a single sentence. Include the word truly.", "Snow is really soft.",
+     "Asked for truly, used really. Misses the task."),
+    ("Describe snow in a single sentence. Use exactly 5 words.", "Snow is soft at night.",
+     "Asked for 5 words: Snow 1 is 2 soft 3 at 4 night 5. Follows the task."),
+    ("Describe snow in a single sentence. Reply in all caps.", "SNOW IS soft.",
+     'Not in capitals: "soft". Misses the task.'),
+])
+def test_judgement_copies_what_the_verdict_turns_on(prompt, answer, expected):
+    """The words a judge copies keep the form they have in the texts (the same tokens); counts are spelled out."""
+    text, score = testbed.judgement(prompt, answer, random.Random(0))
+    note, score_line = text.split("\n")
+    assert note == expected and score_line == f"Score: {score}"
+    assert (score == 5) is testbed.check(prompt, answer)
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(SrlmError, match="satisfy_fraction"):
         testbed.TestbedConfig.load(None, satisfy_fraction=1.5)
