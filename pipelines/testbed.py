@@ -2,13 +2,13 @@
 
     python -m pipelines.testbed [--seed 0] [--run-dir runs/testbed/<time>]      (what ``make testbed`` runs)
 
-Runs the compiled tiny pipeline twice with kfp.local, side by side, on the testbed (``srlm.testbed``: one short
-sentence about a topic under one checkable constraint): once as the method says (the model judges
-its own candidates), once with ``judging.judge.scorer=random`` (the control: same data, same
-training, scores drawn at random; one process each, one torch thread per task, so the two fill two
-cores). Then prints one table: per M(t), the share of its answers to
-held-out prompts that satisfy their constraint (with the standard error over prompts), its judge's
-accuracy against the verifier, the round's pairs and how the verifier orders them, the mean answer
+Runs the compiled tiny pipeline twice with kfp.local, side by side, on the testbed (``srlm.testbed``:
+one short sentence about a topic under one checkable constraint): once as the method says (the
+model judges its own candidates), once with ``judging.judge.scorer=random`` (the control: same
+data, same training, scores drawn at random). One process each, one torch thread per task, so the
+two fill two cores. Then prints one table: per M(t), the share of its answers to held-out prompts
+that satisfy their constraint (with the standard error over prompts), its judge's accuracy
+against the verifier, the round's pairs and how the verifier orders them, the mean answer
 length; and the gain M1 -> M<last> against the control's. Each run keeps its MLflow store in its
 directory (``mlflow ui --backend-store-uri sqlite:///<run dir>/<arm>/mlflow.db``); the table is
 also written to ``testbed.json``.
@@ -20,7 +20,10 @@ import argparse
 import copy
 import datetime as dt
 import json
+import multiprocessing
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +161,6 @@ def run(run_dir: Path, seed: int = 0, threads: int | None = 1, verbose: bool = F
         overrides: dict[str, dict[str, Any]] | None = None, parallel: bool = True) -> dict[str, Any]:
     """Both arms in ``run_dir/<arm>``, side by side when ``parallel``; returns (and writes to ``testbed.json``)
     the table's numbers."""
-    import multiprocessing
-    import time
-    from concurrent.futures import ProcessPoolExecutor
-
     started = time.perf_counter()
     jobs = {}
     for arm, scorer in ARMS.items():
