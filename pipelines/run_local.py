@@ -6,7 +6,9 @@
    a new database takes seconds to migrate) with an explicit artifact location (``mlartifacts/``).
 2. ``kfp.local.init(SubprocessRunner(use_venv=False))`` with the pipeline root in the run
    directory, loads the *compiled* YAML and calls it: every task runs as a subprocess of this
-   Python, one at a time, so each gets all the machine's cores (``--threads``).
+   Python, one at a time, so each gets all the machine's cores (``--threads``), or one thread with
+   portable CPU numerics (``--numerics portable``, the default: the same bits on any x86-64
+   processor with AVX2, see ``srlm.numerics``).
 3. Prints a summary per M(t) read back from MLflow (pairs, parse failures, RM pairwise accuracy,
    win rate vs the previous model, mean answer length, registry version and aliases), the
    per-stage wall times, the report paths and the MLflow store; writes ``summary.json``.
@@ -73,13 +75,19 @@ def pipeline_defaults(yaml_path: Path) -> dict[str, Any]:
 
 def run(
     run_dir: Path, yaml_path: Path = TINY_YAML, threads: int | None = None, verbose: bool = False,
-    overrides: dict[str, dict[str, Any]] | None = None, quiet: bool = False,
+    overrides: dict[str, dict[str, Any]] | None = None, quiet: bool = False, numerics_mode: str | None = None,
 ) -> dict[str, Any]:
     """Run the compiled pipeline in ``run_dir``; return the summary (also written to summary.json,
-    printed unless ``quiet``)."""
+    printed unless ``quiet``). ``numerics_mode`` (portable | native) is set for every task; None keeps
+    the environment's ``SRLM_CPU_NUMERICS``."""
+    from srlm import numerics
+
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    threads = threads or os.cpu_count() or 1
+    if numerics_mode:
+        os.environ[numerics.ENV] = numerics_mode
+    numerics.apply_environment()  # the tasks are subprocesses: they inherit the pinned variables
+    threads = threads or (numerics.PORTABLE_THREADS if numerics.portable() else os.cpu_count() or 1)
     db = run_dir / "mlflow.db"
     artifacts = run_dir / "mlartifacts"
     os.environ.update({
@@ -110,7 +118,8 @@ def run(
     pipeline = load_component_from_file(str(yaml_path))
     log_path = run_dir / "pipeline.log"
     terminal = sys.stdout
-    print(f"Running {yaml_path.name} with kfp.local in {run_dir} ({threads} threads per task); log: {log_path}")
+    print(f"Running {yaml_path.name} with kfp.local in {run_dir} ({threads} thread(s) per task, "
+          f"{numerics.mode()} CPU numerics); log: {log_path}")
     error: BaseException | None = None
     started_at = time.time()
     started = time.perf_counter()
@@ -133,6 +142,7 @@ def run(
         print(f"\nThe pipeline failed after {wall:.0f} s: {error}\nFull log: {log_path}", file=sys.stderr)
         raise SystemExit(1)
     summary = collect(run_dir, params["mlflow"], wall, store_seconds, started_at)
+    summary.update(numerics=numerics.mode(), threads=threads)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     if not quiet:
         print_summary(summary)
@@ -304,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "demo" / stamp), help="run directory (default: runs/demo/<time>)")
     parser.add_argument("--yaml", default=str(TINY_YAML), help="compiled pipeline YAML (default: the tiny one)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per task (default: all cores)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per task (default: all cores; one with portable numerics)")
+    add_numerics_argument(parser)
     parser.add_argument("--set", action="append", default=[], metavar="GROUP=JSON",
                         help='merge settings into a group, e.g. --set \'sampling={"candidates": {"n": 4}}\'')
     parser.add_argument("-v", "--verbose", action="store_true", help="stream every task's log here too")
@@ -313,8 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         group, _, value = item.partition("=")
         overrides[group] = json.loads(value)
-    run(Path(args.run_dir), Path(args.yaml), args.threads or None, args.verbose, overrides)
+    run(Path(args.run_dir), Path(args.yaml), args.threads or None, args.verbose, overrides, numerics_mode=args.numerics)
     return 0
+
+
+def add_numerics_argument(parser: argparse.ArgumentParser) -> None:
+    from srlm import numerics
+
+    parser.add_argument("--numerics", choices=numerics.MODES, default=os.environ.get(numerics.ENV) or "portable",
+                        help="CPU numerics of every task: portable (default; the same bits on any x86-64 processor "
+                             "with AVX2, slower) or native (this processor's fastest kernels)")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def print_table(result: dict[str, Any]) -> None:
                       _pct(control["satisfied"], control["stderr"]), _pair_shares(control)))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     print()
-    print(f"Testbed, seed {result['seed']}: share of answers to {result['verify_prompts']} held-out prompts "
+    print(f"Testbed, seed {result['seed']} ({result['numerics']} CPU numerics): share of answers to {result['verify_prompts']} held-out prompts "
           f"that satisfy their constraint")
     for i, line in enumerate(lines):
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(line, widths)))
@@ -150,15 +150,18 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"Wall time: {result['seconds']:.0f} s. Runs and MLflow stores: {result['run_dir']}")
 
 
-def run_arm(run_dir: Path, groups: dict[str, dict[str, Any]], threads: int | None, verbose: bool) -> list[dict[str, Any]]:
+def run_arm(run_dir: Path, groups: dict[str, dict[str, Any]], threads: int | None, verbose: bool,
+            numerics_mode: str) -> list[dict[str, Any]]:
     """One arm: the compiled pipeline with ``groups``, then its table rows. Its own process (kfp.local and
     MLflow settings are process-wide)."""
-    summary = run_local.run(run_dir, threads=threads, verbose=verbose, overrides=groups, quiet=True)
+    summary = run_local.run(run_dir, threads=threads, verbose=verbose, overrides=groups, quiet=True,
+                            numerics_mode=numerics_mode)
     return arm_rows(summary)
 
 
 def run(run_dir: Path, seed: int = 0, threads: int | None = 1, verbose: bool = False,
-        overrides: dict[str, dict[str, Any]] | None = None, parallel: bool = True) -> dict[str, Any]:
+        overrides: dict[str, dict[str, Any]] | None = None, parallel: bool = True,
+        numerics_mode: str = "portable") -> dict[str, Any]:
     """Both arms in ``run_dir/<arm>``, side by side when ``parallel``; returns (and writes to ``testbed.json``)
     the table's numbers."""
     started = time.perf_counter()
@@ -167,13 +170,13 @@ def run(run_dir: Path, seed: int = 0, threads: int | None = 1, verbose: bool = F
         groups = settings_for(seed, scorer)
         for group, values in (overrides or {}).items():
             groups[group] = {**groups.get(group, {}), **values}
-        jobs[arm] = (run_dir / arm, groups, threads, verbose)
+        jobs[arm] = (run_dir / arm, groups, threads, verbose, numerics_mode)
         print(f"{arm}: judging.judge.scorer={scorer}, in {run_dir / arm}")
     workers = len(jobs) if parallel else 1
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {arm: pool.submit(run_arm, *job) for arm, job in jobs.items()}
         arms = {arm: future.result() for arm, future in futures.items()}
-    result = {"seed": seed, "run_dir": str(run_dir), "seconds": round(time.perf_counter() - started, 1),
+    result = {"seed": seed, "numerics": numerics_mode, "run_dir": str(run_dir), "seconds": round(time.perf_counter() - started, 1),
               "verify_prompts": SETTINGS["data"]["testbed"]["verify_prompts"], "arms": arms,
               "comparison": compare(arms)}
     (run_dir / "testbed.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -192,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one-at-a-time", action="store_true",
                         help="run the control after the real arm (default: side by side, one process each)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream every task's log here too")
+    run_local.add_numerics_argument(parser)
     args = parser.parse_args(argv)
-    run(Path(args.run_dir), args.seed, args.threads, args.verbose, parallel=not args.one_at_a_time)
+    run(Path(args.run_dir), args.seed, args.threads, args.verbose, parallel=not args.one_at_a_time,
+        numerics_mode=args.numerics)
     return 0
 
 

@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests run on portable CPU numerics (srlm.numerics): the same bits on any x86-64 processor with AVX2.
+os.environ.setdefault("SRLM_CPU_NUMERICS", "portable")
+
+import srlm  # noqa: E402,F401  (pins torch's CPU kernels before any test runs torch)
 
 
 @pytest.fixture(scope="session")

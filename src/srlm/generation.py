@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from srlm.config import setting
 from srlm.errors import SrlmError
 from srlm.modeldir import check_model_dir
+from srlm.numerics import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,6 @@ def shard_indices(count: int, shard: tuple[int, int]) -> list[int]:
     """Prompt indices that shard ``(k, K)`` owns when the unit is one prompt: ``i % K == k``."""
     k, total = check_shard(shard)
     return list(range(k, count, total))
-
-
-def set_threads(threads: int) -> None:
-    if threads and threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def resolve_dtype(name: str) -> Any:

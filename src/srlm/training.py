@@ -29,9 +29,10 @@ from typing import Any
 from srlm import judge
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import load_tokenizer, set_threads
+from srlm.generation import load_tokenizer
 from srlm.io import Record, atomic_path, check_output_free, read_jsonl
 from srlm.modeldir import check_model_dir, write_lineage
+from srlm.numerics import set_threads
 
 log = logging.getLogger(__name__)
 
