@@ -8,7 +8,6 @@ AVX-512) and reproduced bit for bit under qemu emulating an Intel Haswell (AVX2,
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from srlm import SrlmError, numerics
 # Refresh after an intended change of numerics (torch/transformers/TRL upgrade, a change to the tiny
 # model, SFT or generation code): SRLM_CPU_NUMERICS=portable .venv/bin/python -m srlm.numerics fingerprint
 FINGERPRINT = {"weights": "18f43f7cd38f417b", "logits": "489506f79ade8514", "replies": "19bb9a4fb23e3abf"}
-KERNEL_VARIABLES = (*numerics.PORTABLE_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS", numerics.ENV)
 REFRESH = ("The portable numerics fingerprint changed: a seeded SFT + generation run no longer computes the "
            "committed bits. If you upgraded torch/transformers/TRL or changed the tiny model, SFT or generation on "
            "purpose, refresh FINGERPRINT in tests/test_numerics.py with the output of "
@@ -28,10 +26,11 @@ REFRESH = ("The portable numerics fingerprint changed: a seeded SFT + generation
            "numerics it should not have.")
 
 
-def run_fingerprint(env: dict[str, str], prefix: tuple[str, ...] = (), timeout: int = 600) -> dict:
-    """The fingerprint in a fresh process whose kernel-choosing variables are exactly ``env``."""
-    clean = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
-    done = subprocess.run([*prefix, sys.executable, "-m", "srlm.numerics", "fingerprint"], env={**clean, **env},
+def run_fingerprint(mode: str, preset: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
+                    timeout: int = 600) -> dict:
+    """The fingerprint in a fresh process on ``mode`` numerics, its kernel-choosing variables preset to ``preset``."""
+    env = {**numerics.child_environment(mode), **(preset or {})}
+    done = subprocess.run([*prefix, sys.executable, "-m", "srlm.numerics", "fingerprint"], env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -43,7 +42,7 @@ def hashes(result: dict) -> dict:
 
 @pytest.mark.slow
 def test_portable_fingerprint_matches_the_committed_value():
-    result = run_fingerprint({numerics.ENV: "portable"})
+    result = run_fingerprint("portable")
     assert result["kernels"]["cpu_capability"] == "AVX2" and result["kernels"]["mkl_branch"] == "COMPATIBLE"
     assert result["threads"] == 1
     assert hashes(result) == FINGERPRINT, REFRESH
@@ -58,13 +57,13 @@ def test_portable_fingerprint_matches_the_committed_value():
 ], ids=["widest", "narrowest"])
 def test_portable_fingerprint_ignores_preset_kernel_variables(preset):
     """Whatever the environment asked for, portable mode computes the same bits."""
-    assert hashes(run_fingerprint({numerics.ENV: "portable", **preset})) == FINGERPRINT, REFRESH
+    assert hashes(run_fingerprint("portable", preset)) == FINGERPRINT, REFRESH
 
 
 @pytest.mark.slow
 def test_native_numerics_follow_the_kernels():
     """Without the pinning another kernel choice gives another model: the fingerprint sees kernel changes."""
-    result = run_fingerprint({numerics.ENV: "native", "ATEN_CPU_CAPABILITY": "default"})
+    result = run_fingerprint("native", {"ATEN_CPU_CAPABILITY": "default"})
     assert result["kernels"]["cpu_capability"] == "DEFAULT" and result["kernels"]["mkl_branch"] == "OFF"
     assert result["weights"] != FINGERPRINT["weights"]
 
@@ -75,7 +74,7 @@ def test_native_numerics_follow_the_kernels():
 def test_portable_fingerprint_on_an_emulated_intel_processor():
     """The same bits on another vendor's processor: qemu emulates an Intel Haswell (AVX2, no AVX-512), where MKL
     dispatches to its Intel code paths (this takes about 90 s of emulation)."""
-    result = run_fingerprint({numerics.ENV: "portable"}, prefix=("qemu-x86_64", "-cpu", "Haswell-v4"), timeout=1200)
+    result = run_fingerprint("portable", prefix=("qemu-x86_64", "-cpu", "Haswell-v4"), timeout=1200)
     assert hashes(result) == FINGERPRINT, REFRESH
 
 
@@ -84,8 +83,7 @@ def test_check_refuses_kernels_chosen_before_pinning():
     code = ("import os, torch; (torch.ones(2, 2) @ torch.ones(2, 2)).sum(); os.environ['SRLM_CPU_NUMERICS'] = 'portable'\n"
             "import srlm.numerics as n\n"
             "try:\n    n.check()\nexcept n.SrlmError as e:\n    print(e)\n")
-    env = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=numerics.child_environment("native"), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "chose its kernels before srlm could pin them" in done.stdout, done.stdout
 

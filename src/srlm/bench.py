@@ -5,6 +5,8 @@ Each measurement runs in its own child process so its peak memory (max RSS) is i
 - judging: rubric judgements per second with the judge's tiny settings, on the model after the
   bench's few SFT steps (it rarely reaches a score line, so judgements run to max_new_tokens);
 - training: SFT and DPO seconds per optimizer step and peak memory;
+- CPU numerics: SFT steps and batched generation on native vs portable kernels (``srlm.numerics``),
+  one thread each, so the ratio is the cost of the pinned kernels alone;
 - vLLM (where vllm is importable: `make bench-vllm`): the batched generation run again on vLLM
   (bf16 and float32) with the ratio to transformers, the engine start time, judging with prefix
   caching on vs off (judge prompts share the long rubric), and whether K-sharded generation
@@ -45,12 +47,21 @@ def _child(fn: Callable[..., dict[str, Any]], args: tuple, queue: Any) -> None:
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """Run ``fn`` in a fresh process and return its result with its own peak RSS."""
+def isolated(fn: Callable[..., dict[str, Any]], *args: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``fn`` in a fresh process (with environment ``env``, default this one's) and return its result
+    with its own peak RSS."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(fn, args, queue))
-    proc.start()
+    saved = dict(os.environ)
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        proc.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     result = queue.get()
     proc.join()
     if "error" in result:
@@ -155,6 +166,24 @@ def bench_training(kind: str, model: str, data: dict[str, str], out: str, steps:
             "seconds_per_step": round(train_seconds / max(metrics.get("steps", steps), 1), 4)}
 
 
+def bench_numerics(m0: str, data: dict[str, str], prompts: list[str], args: argparse.Namespace,
+                   tmp_path: Path) -> dict[str, Any]:
+    """The same SFT steps and batched generation on native and on portable CPU numerics, one thread each."""
+    from srlm import numerics
+
+    out: dict[str, Any] = {}
+    for mode in numerics.MODES:
+        env = numerics.child_environment(mode)
+        sft = isolated(bench_training, "sft", m0, data, str(tmp_path / f"m1-{mode}"), args.numerics_steps, 1, env=env)
+        gen = isolated(bench_generation, m0, prompts, args.n, args.max_new_tokens, args.batch_size, 1, env=env)
+        out[mode] = {"sft_seconds_per_step": sft["seconds_per_step"], "sft_steps": sft["steps"],
+                     "generation_tokens_per_second": gen["tokens_per_second"]}
+    native, portable = out["native"], out["portable"]
+    out["sft_slowdown"] = round(portable["sft_seconds_per_step"] / native["sft_seconds_per_step"], 2)
+    out["generation_slowdown"] = round(native["generation_tokens_per_second"] / portable["generation_tokens_per_second"], 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench.json", help="where to write the results")
@@ -165,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the whole machine by default)")
     parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--numerics-steps", type=int, default=40, help="SFT steps per numerics mode (native vs portable)")
     parser.add_argument("--demo-runs", default="runs/demo", help="where `make demo` writes its runs (newest is reported)")
     parser.add_argument("--vllm-dtypes", default="bfloat16,float32", help="vLLM generation runs, one per dtype (first = judging's)")
     args = parser.parse_args(argv)
@@ -209,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl(tmp_path / "pairs.jsonl", pairs, "pair")
         results["dpo"] = isolated(bench_training, "dpo", str(tmp_path / "m1"), {"pairs": str(tmp_path / "pairs.jsonl")},
                                   str(tmp_path / "m2"), args.train_steps, args.threads)
+
+        print("CPU numerics: native vs portable kernels, one thread each ...", flush=True)
+        results["numerics"] = bench_numerics(str(m0), data, prompts, args, tmp_path)
 
         results["vllm"] = run_vllm_benches(args, str(m0), str(tmp_path / "m1"), prompts, items, results)
 
@@ -269,6 +302,15 @@ def summary(r: dict[str, Any]) -> str:
         (f"judging ({r['judge']['judgements']} judgements, parse rate {1 - r['judge']['parse_failure_rate']:.0%})", f"{r['judge']['judgements_per_second']:.1f} judgements/s", f"{r['judge']['peak_rss_mb']:.0f} MB"),
         (f"SFT step (batch {r['sft']['batch_size']})", f"{r['sft']['seconds_per_step']:.3f} s", f"{r['sft']['peak_rss_mb']:.0f} MB"),
         (f"DPO step (batch {r['dpo']['batch_size']})", f"{r['dpo']['seconds_per_step']:.3f} s", f"{r['dpo']['peak_rss_mb']:.0f} MB"),
+    ]
+    n = r["numerics"]
+    rows += [
+        (f"SFT step, native / portable numerics (1 thread, {n['native']['sft_steps']} steps)",
+         f"{n['native']['sft_seconds_per_step']:.3f} / {n['portable']['sft_seconds_per_step']:.3f} s", ""),
+        ("  portable slowdown, SFT", f"{n['sft_slowdown']:.2f}x", ""),
+        ("generation, native / portable numerics (1 thread)",
+         f"{n['native']['generation_tokens_per_second']:.0f} / {n['portable']['generation_tokens_per_second']:.0f} tok/s", ""),
+        ("  portable slowdown, generation", f"{n['generation_slowdown']:.2f}x", ""),
     ]
     rows += vllm_rows(r)
     demo = r.get("pipeline_demo")

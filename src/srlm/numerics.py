@@ -78,6 +78,16 @@ def apply_environment() -> None:
     os.environ["MKL_NUM_THREADS"] = str(PORTABLE_THREADS)
 
 
+def child_environment(mode_: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment for a child process on ``mode_`` numerics: ``base`` (default this process's) without
+    any kernel-choosing or thread variable, plus ``SRLM_CPU_NUMERICS``; the child's ``import srlm`` pins."""
+    if mode_ not in MODES:
+        raise SrlmError(f"unknown CPU numerics {mode_!r}; choose {' or '.join(MODES)}")
+    dropped = {*PORTABLE_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in dropped}
+    return {**env, ENV: mode_}
+
+
 def set_threads(threads: int) -> None:
     """Set torch's CPU threads (0 = the mode's default: the machine's cores, or one when portable)
     and, when portable, check that the portable kernels are the ones running."""
