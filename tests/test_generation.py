@@ -4,15 +4,9 @@ import shutil
 import pytest
 
 from srlm import SrlmError
-from srlm.generation import (
-    GenerationOptions,
-    TransformersGenerator,
-    make_generator,
-    request_seed,
-    resolve_backend,
-    shard_indices,
-    vllm_usable,
-)
+from srlm.backends import make_generator, resolve_backend, vllm_usable
+from srlm.generation import GenerationOptions, request_seed, shard_indices
+from srlm.transformers_backend import TransformersGenerator
 
 
 @pytest.fixture(scope="module")

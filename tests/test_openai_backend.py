@@ -14,7 +14,8 @@ import pytest
 
 from srlm import SrlmError
 from srlm import openai_backend as ob
-from srlm.generation import GenerationOptions, make_generator, request_seed
+from srlm.backends import make_generator
+from srlm.generation import GenerationOptions, request_seed
 
 
 class FakeServer:

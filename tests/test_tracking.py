@@ -20,6 +20,7 @@ import pytest
 
 from srlm import cli, tracking
 from srlm.errors import SrlmError
+from srlm.metrics import numeric_metrics
 from srlm.modeldir import write_lineage
 from srlm.tracking import PromotionRule
 
@@ -164,7 +165,7 @@ def test_tracking_uri_unset_is_a_clear_error(monkeypatch):
 def test_flattening_keeps_params_and_numeric_metrics():
     assert tracking.flatten_params({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
     metrics = {"loss": 0.5, "n": 3, "skip": None, "flag": True, "text": "x", "list": [1], "rm": {"pairwise_accuracy": 0.7}}
-    assert tracking.numeric_metrics(metrics) == {"loss": 0.5, "n": 3.0, "rm.pairwise_accuracy": 0.7}
+    assert numeric_metrics(metrics) == {"loss": 0.5, "n": 3.0, "rm.pairwise_accuracy": 0.7}
 
 
 def test_rule_rejects_unknown_metrics_and_bad_values():

@@ -94,7 +94,7 @@ def test_tiny_m1_writes_parsable_judgements(sft_model, seed_dir):
     The bundled judgements are 63-118 tokens long, so the judge needs max_new_tokens >= ~128 to reach the line.
     """
     from srlm import judge
-    from srlm.generation import make_generator
+    from srlm.backends import make_generator
 
     config = judge.JudgeConfig.load("tiny", max_new_tokens=128)
     records = read_jsonl(seed_dir / "eft_eval.jsonl", "eft_eval")[:8]

@@ -25,8 +25,10 @@ if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not importable in this venv: `make test-vllm` runs these tests in .venv-vllm", allow_module_level=True)
 
 from srlm import judge, sampling  # noqa: E402
-from srlm.generation import GenerationOptions, TransformersGenerator, make_generator, prompt_token_ids  # noqa: E402
+from srlm.backends import make_generator  # noqa: E402
+from srlm.generation import GenerationOptions, prompt_token_ids  # noqa: E402
 from srlm.io import read_jsonl, write_jsonl  # noqa: E402
+from srlm.transformers_backend import TransformersGenerator  # noqa: E402
 from srlm.vllm_backend import VLLMGenerator  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

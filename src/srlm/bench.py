@@ -97,7 +97,8 @@ def shards_identical(gen: Any, prompts: list[str], full: list[Any], n: int, max_
 
 def bench_generation(model: str, prompts: list[str], n: int, max_new_tokens: int, batch_size: int, threads: int,
                      check_shards: bool = False) -> dict[str, Any]:
-    from srlm.generation import GenerationOptions, TransformersGenerator
+    from srlm.generation import GenerationOptions
+    from srlm.transformers_backend import TransformersGenerator
 
     gen = TransformersGenerator(model, GenerationOptions(batch_size=batch_size, threads=threads))
     full, result = _timed_run(gen, prompts, n, max_new_tokens)
@@ -121,7 +122,7 @@ def bench_vllm_generation(model: str, prompts: list[str], n: int, max_new_tokens
 
 
 def bench_vllm_judge(model: str, items: list[tuple[str, str]], prefix_caching: bool, dtype: str) -> dict[str, Any]:
-    from srlm.generation import make_generator
+    from srlm.backends import make_generator
     from srlm.judge import JudgeConfig, judge_pairs
     from srlm.vllm_backend import close_engines
 
@@ -138,7 +139,7 @@ def bench_vllm_judge(model: str, items: list[tuple[str, str]], prefix_caching: b
 
 
 def bench_judge(model: str, items: list[tuple[str, str]], threads: int) -> dict[str, Any]:
-    from srlm.generation import make_generator
+    from srlm.backends import make_generator
     from srlm.judge import JudgeConfig, judge_pairs
 
     config = JudgeConfig.load("tiny", backend="transformers", threads=threads)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_vllm_benches(args: argparse.Namespace, m0: str, m1: str, prompts: list[str], items: list[tuple[str, str]],
                      results: dict[str, Any]) -> dict[str, Any]:
     """vLLM vs transformers on the same prompts and model, judging with prefix caching on/off, shards."""
-    from srlm.generation import vllm_usable
+    from srlm.backends import vllm_usable
 
     usable, why = vllm_usable()
     if not usable:

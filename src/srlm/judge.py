@@ -15,11 +15,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import GenerationOptions, Generator, make_generator
+from srlm.generation import GenerationOptions, Generator, check_shard
 from srlm.io import check_output_free, read_jsonl, write_jsonl
-from srlm.shards import check_shard, gather, is_sharded, write_shard
+from srlm.shards import gather, is_sharded, write_shard
 
 log = logging.getLogger(__name__)
 

@@ -191,7 +191,8 @@ def _fingerprint(work: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from srlm import seed_data, tiny_model, training
-    from srlm.generation import GenerationOptions, TransformersGenerator
+    from srlm.generation import GenerationOptions
+    from srlm.transformers_backend import TransformersGenerator
 
     running = check()
     tiny_model.run(tiny_model.TinyModelConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=2,

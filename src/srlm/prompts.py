@@ -16,9 +16,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import GenerationOptions, make_generator
+from srlm.generation import GenerationOptions
 from srlm.io import check_output_free, read_prompts, write_jsonl
 from srlm.seed_data import read_seed_prompts
 

@@ -34,7 +34,7 @@ from srlm.io import Record, atomic_path, iter_located
 HEADER = "srlm_shard"
 KINDS = ("candidates", "judgements")
 
-__all__ = ["HEADER", "KINDS", "ShardHeader", "check_shard", "gather", "is_sharded", "read_shard", "shard_paths_param",
+__all__ = ["HEADER", "KINDS", "ShardHeader", "gather", "is_sharded", "read_shard", "shard_paths_param",
            "write_shard"]
 
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from srlm.config import StageConfig
 from srlm.errors import SrlmError
-from srlm.evaluation import numeric_metrics
+from srlm.metrics import RM_METRICS, numeric_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ EXTRA_KEYS = {"base_model": ("uri",), "data": ("files",), "evaluation": ("prompt
 MLFLOW_KEYS = ("enabled", "experiment", "model_name", "artifact_location", "kfp_run_id")
 DATA_FILES = {"ift": "ift", "eft_train": "eft", "eft_eval": "eft_eval", "eft_pool": "eft_eval"}
 
-# What the evaluation step registers on every model version (tag metric.<key>), for the promotion rule.
-RM_KEYS = ("pairwise_accuracy", "five_best", "exact_match", "spearman", "kendall_tau")
 
 
 # --------------------------------------------------------------------------- settings
@@ -417,7 +415,7 @@ def merge(
 
 def _shard(shard: int, shards: int) -> tuple[int, int] | None:
     """``(shard, shards)`` for a sharded step, None for the plain one (``shards`` = 1)."""
-    from srlm.shards import check_shard
+    from srlm.generation import check_shard
 
     k, total = check_shard((shard, shards))
     return (k, total) if total > 1 else None
@@ -493,7 +491,7 @@ def evaluate(
         if verify_config.verifier:
             verify_prompts = vf.verify_prompts_path(verify_config, seed_dir)
             verified = vf.run_verify(verify_config, model, verify_prompts, out / "verify")
-    summary: dict[str, Any] = {k: rm[k] for k in RM_KEYS if rm.get(k) is not None}
+    summary: dict[str, Any] = {k: rm[k] for k in RM_METRICS if rm.get(k) is not None}
     summary["judge_parse_failure_rate"] = rm["judge_parse_failure_rate"]
     summary.update(head_to_head_metrics(win, "previous"))
     summary["mean_length"] = win["mean_length_a"]

@@ -119,14 +119,6 @@ def check(prompt: str, answer: str) -> bool | None:
 # --------------------------------------------------------------------------- prompts and answers
 
 
-def make_prompt(rng: random.Random, topic: str | None = None, kind: str | None = None) -> str:
-    topic = topic or rng.choice(TOPICS)
-    kind = kind or rng.choice(KINDS)
-    arg = {"word": lambda: rng.choice(WORDS), "count": lambda: str(rng.choice(COUNTS))}.get(kind, lambda: "")()
-    phrasing = rng.choice(CONSTRAINTS[kind].phrasings).replace("{arg}", arg)
-    return f"{rng.choice(INTROS).format(topic=topic)} {phrasing}"
-
-
 def _topic_of(prompt: str) -> str:
     for intro in INTROS:
         head, _, tail = intro.partition("{topic}")

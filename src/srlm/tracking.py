@@ -102,6 +102,7 @@ from typing import Any
 
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
+from srlm.metrics import RM_METRICS, WIN_METRICS, flatten, metric_key, numeric_metrics
 from srlm.modeldir import read_lineage
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,9 @@ KIND_TAG = "srlm.kind"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 METRIC_TAG_PREFIX = "metric."
-WIN_METRICS = ("win_rate", "adjusted_win_rate")
-RM_METRICS = ("pairwise_accuracy", "five_best", "exact_match", "spearman", "kendall_tau")
 MAX_ARTIFACT_BYTES = 50 * 1024 * 1024
 
 _ALIAS_RE = re.compile(r"^[\w\-]*$")
-_BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _MAX_PARAM = 6000
 _MAX_TAG = 5000
@@ -267,43 +265,17 @@ def _error_code(e: Exception) -> str:
 # --------------------------------------------------------------------------- flattening
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _key(name: str) -> str:
-    return _BAD_KEY_CHARS.sub("_", str(name))[:250]
-
-
 def _as_text(value: Any, limit: int) -> str:
     if isinstance(value, (list, tuple)):
         text = json.dumps(list(value), default=str, ensure_ascii=False)
-    elif isinstance(value, Path):
-        text = str(value)
     else:
         text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def flatten_params(params: Mapping[str, Any] | None) -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists as JSON; long values truncated."""
-    return {_key(k): _as_text(v, _MAX_PARAM) for k, v in _flatten(params or {}).items()}
-
-
-def numeric_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    """The numeric entries of ``metrics`` (nested dicts flattened); None, bools, text, lists skipped."""
-    return {_key(k): float(v) for k, v in _flatten(metrics or {}).items() if _is_number(v)}
+    return {metric_key(k): _as_text(v, _MAX_PARAM) for k, v in flatten(params or {}).items()}
 
 
 # --------------------------------------------------------------------------- runs
@@ -616,7 +588,7 @@ def register_model(
         all_tags["parent_version"] = str(parent_version)
     all_tags.update(extra_tags)
     all_tags.update(_lineage_tags(lineage or {}))
-    all_tags.update({_key(k): _as_text(v, _MAX_TAG) for k, v in _flatten(tags or {}).items()})
+    all_tags.update({metric_key(k): _as_text(v, _MAX_TAG) for k, v in flatten(tags or {}).items()})
     alias = _validate_alias(f"iter-{iteration}")
 
     from mlflow.exceptions import MlflowException
@@ -671,7 +643,7 @@ def _lineage_tags(lineage: Mapping[str, Any]) -> dict[str, str]:
         if lineage.get(key) is not None:
             tags[f"lineage.{key}"] = _as_text(lineage[key], _MAX_TAG)
     for data_name, digest in (lineage.get("data_digests") or {}).items():
-        tags[f"data_digest.{_key(data_name)}"] = str(digest)
+        tags[f"data_digest.{metric_key(data_name)}"] = str(digest)
     return tags
 
 

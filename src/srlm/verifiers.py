@@ -25,9 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import GenerationOptions, make_generator
+from srlm.generation import GenerationOptions
 from srlm.io import Record, atomic_path, check_output_free, read_prompts, write_json, write_jsonl
 from srlm.judge import JudgeConfig, judge_config_of, judge_pairs, load_template
 
