@@ -1,18 +1,18 @@
-"""KFP v2 lightweight components, one per pipeline stage.
+"""KFP v2 lightweight components, one per pipeline stage of the registry (``srlm.stages.TASKS``).
 
 Each is ``@dsl.component(base_image=<that stage's image from images/images.json>,
-install_kfp_package=False)`` with typed artifacts, and a body of a few lines that imports the
-installed ``srlm`` package and calls ``srlm.steps.<stage>``: no logic lives here.
+install_kfp_package=False)`` with typed artifacts, named after its stage, and a body of a few
+lines that imports the installed ``srlm`` package and calls ``srlm.stages.run_task``: no logic here.
 """
 
-from components.data import build_eft, seed_data, tiny_model
+from components.data import build_eft, seed, tiny_model
 from components.evaluation import evaluate
-from components.generation import build_pairs, generate_prompts, judge_candidates, merge_shards, sample_candidates
+from components.generation import judge, merge, pairs, prompts, sample
 from components.images import image, images_spec
-from components.registry import promote_gate, register_model, validate
-from components.training import dpo, seed_sft
+from components.registry import gate, register, validate
+from components.training import dpo, sft
 
 __all__ = [
-    "build_eft", "build_pairs", "dpo", "evaluate", "generate_prompts", "image", "images_spec", "judge_candidates",
-    "merge_shards", "promote_gate", "register_model", "sample_candidates", "seed_data", "seed_sft", "tiny_model", "validate",
+    "build_eft", "dpo", "evaluate", "gate", "image", "images_spec", "judge", "merge", "pairs", "prompts", "register",
+    "sample", "seed", "sft", "tiny_model", "validate",
 ]

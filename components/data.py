@@ -9,26 +9,25 @@ from components.images import image
 @dsl.component(base_image=image("tiny_model"), install_kfp_package=False)
 def tiny_model(base_model: dict, mlflow: dict, kfp_run_id: str, model: Output[Model], metrics: Output[Metrics]):
     """Build the tiny Llama-style base model M0 locally (BPE tokenizer trained on the seed text)."""
-    from srlm import steps
+    from srlm import stages
 
-    steps.to_kfp(metrics, steps.tiny_model(base_model, model.path, {**mlflow, "kfp_run_id": kfp_run_id}))
+    stages.run_task("tiny_model", metrics, base_model, mlflow, kfp_run_id, out=model.path)
 
 
 @dsl.component(base_image=image("seed"), install_kfp_package=False)
-def seed_data(data: dict, mlflow: dict, kfp_run_id: str, seed: Output[Dataset], metrics: Output[Metrics]):
-    """Seed data directory: IFT + EFT (bundled), IFT + EFT pool (OpenAssistant), or the user's files."""
-    from srlm import steps
+def seed(data: dict, mlflow: dict, kfp_run_id: str, seed: Output[Dataset], metrics: Output[Metrics]):
+    """Seed data directory: IFT + EFT (bundled, testbed), IFT + EFT pool (OpenAssistant), or the user's files."""
+    from srlm import stages
 
-    steps.to_kfp(metrics, steps.seed_data(data, seed.path, {**mlflow, "kfp_run_id": kfp_run_id}))
+    stages.run_task("seed", metrics, data, mlflow, kfp_run_id, out=seed.path)
 
 
-@dsl.component(base_image=image("eft"), install_kfp_package=False)
+@dsl.component(base_image=image("build_eft"), install_kfp_package=False)
 def build_eft(
     data: dict, baseline: Input[Model], seed: Input[Dataset], mlflow: dict, kfp_run_id: str,
     eft: Output[Dataset], metrics: Output[Metrics],
 ):
     """EFT data: the SFT baseline judges the pool; judgements that agree with human ranks are kept."""
-    from srlm import steps
+    from srlm import stages
 
-    stats = steps.build_eft(data, baseline.path, seed.path, eft.path, {**mlflow, "kfp_run_id": kfp_run_id})
-    steps.to_kfp(metrics, stats)
+    stages.run_task("build_eft", metrics, data, mlflow, kfp_run_id, model=baseline.path, pool=seed.path, out=eft.path)

@@ -14,8 +14,8 @@ def evaluate(
 ):
     """M(t) as a reward model on the EFT eval split, M(t) vs M(t-1) judged by a fixed judge, and (with a
     verifier set) its answers to held-out prompts checked by a program."""
-    from srlm import steps
+    from srlm import stages
 
-    stats = steps.evaluate(evaluation, model.path, previous.path, judge_model.path, eft.path, details.path,
-                           report.path, iteration, {**mlflow, "kfp_run_id": kfp_run_id}, seed_dir=seed.path)
-    steps.to_kfp(metrics, stats)
+    stages.run_task("evaluate", metrics, evaluation, mlflow, kfp_run_id, iteration, model=model.path,
+                    previous=previous.path, judge_model=judge_model.path, eft=eft.path, seed=seed.path,
+                    out=details.path, report=report.path)

@@ -12,37 +12,33 @@ def validate(
     kfp_run_id: str, base_model_kind: str, eft_build: bool, iterations: int, metrics: Output[Metrics],
 ) -> str:
     """Check settings, data, templates, MLflow and the promotion rule before any GPU work; the base model URI."""
-    from srlm import steps
+    from srlm import stages
 
     groups = dict(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
-                  evaluation=evaluation, mlflow={**mlflow, "kfp_run_id": kfp_run_id})
-    result = steps.validate(**groups, base_model_kind=base_model_kind, eft_build=eft_build, iterations=iterations)
-    steps.to_kfp(metrics, result)
-    return result["base_model_uri"]
+                  evaluation=evaluation, mlflow=mlflow)
+    return stages.run_task("validate", metrics, None, None, kfp_run_id, groups=groups, base_model_kind=base_model_kind,
+                           eft_build=eft_build, iterations=iterations)["base_model_uri"]
 
 
 @dsl.component(base_image=image("register"), install_kfp_package=False)
-def register_model(
-    model: Input[Model], evaluation_details: Input[Dataset], iteration: int, parent_version: str, mlflow: dict,
+def register(
+    model: Input[Model], evaluation: Input[Dataset], iteration: int, parent_version: str, mlflow: dict,
     kfp_run_id: str, metrics: Output[Metrics],
 ) -> str:
     """Register M(t) by reference in the MLflow registry (lineage tags, key metrics, alias iter-<t>); the version."""
-    from srlm import steps
+    from srlm import stages
 
-    result = steps.register({**mlflow, "kfp_run_id": kfp_run_id}, model.path, model.uri, evaluation_details.path,
-                            iteration, parent_version)
-    steps.to_kfp(metrics, result)
-    return result["version"]
+    return stages.run_task("register", metrics, None, mlflow, kfp_run_id, iteration, model=model.path,
+                           model_uri=model.uri, evaluation=evaluation.path, parent_version=parent_version)["version"]
 
 
-@dsl.component(base_image=image("promote"), install_kfp_package=False)
-def promote_gate(
+@dsl.component(base_image=image("gate"), install_kfp_package=False)
+def gate(
     evaluation: dict, model: Input[Model], judge_model: Input[Model], eft: Input[Dataset], version: str,
     mlflow: dict, kfp_run_id: str, report: Output[Markdown], metrics: Output[Metrics],
 ):
     """Set challenger on the newest M(t); move champion only when the promotion rule holds."""
-    from srlm import steps
+    from srlm import stages
 
-    stats = steps.promote_gate(evaluation, {**mlflow, "kfp_run_id": kfp_run_id}, version, model.path,
-                               judge_model.path, eft.path, report.path)
-    steps.to_kfp(metrics, stats)
+    stages.run_task("gate", metrics, evaluation, mlflow, kfp_run_id, version=version, model=model.path,
+                    judge_model=judge_model.path, eft=eft.path, report=report.path)

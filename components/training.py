@@ -7,16 +7,15 @@ from components.images import image
 
 
 @dsl.component(base_image=image("sft"), install_kfp_package=False)
-def seed_sft(
+def sft(
     training: dict, base_model: Input[Model], seed: Input[Dataset], eft: Input[Dataset], with_eft: bool,
     mlflow: dict, kfp_run_id: str, model: Output[Model], metrics: Output[Metrics],
 ):
     """Seed SFT on IFT + EFT data: M0 -> M1 (with_eft=False: the IFT-only SFT baseline)."""
-    from srlm import steps
+    from srlm import stages
 
-    stats = steps.sft(training, base_model.path, seed.path, eft.path, model.path, with_eft,
-                      {**mlflow, "kfp_run_id": kfp_run_id})
-    steps.to_kfp(metrics, stats)
+    stages.run_task("sft", metrics, training, mlflow, kfp_run_id, model=base_model.path, ift=seed.path,
+                    eft=eft.path if with_eft else None, out=model.path)
 
 
 @dsl.component(base_image=image("dpo"), install_kfp_package=False)
@@ -25,8 +24,7 @@ def dpo(
     trained_model: Output[Model], metrics: Output[Metrics],
 ):
     """One DPO round on the round's preference pairs: M(t-1) -> M(t), reference = M(t-1)."""
-    from srlm import steps
+    from srlm import stages
 
-    stats = steps.dpo(training, model.path, pairs.path, trained_model.path, iteration,
-                      {**mlflow, "kfp_run_id": kfp_run_id})
-    steps.to_kfp(metrics, stats)
+    stages.run_task("dpo", metrics, training, mlflow, kfp_run_id, iteration, model=model.path, pairs=pairs.path,
+                    out=trained_model.path)

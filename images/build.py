@@ -1,7 +1,8 @@
 """Build, push and list the container images: ``python images/build.py {plan,build,push,refs,render}``.
 
-Reads ``images/images.json`` (the one file holding every stage's image reference; the KFP
-components read it through ``components/images.py``). Registry and tag resolve the same way as
+Reads ``images/images.json`` (the one file holding every stage's image reference, family and
+description, written from the stage registry ``srlm.stages``; the KFP components read it through
+``components/images.py``). Registry and tag resolve the same way as
 there: ``--registry`` / ``--tag`` flags, else ``SRLM_REGISTRY`` / ``SRLM_TAG``, else the file.
 An image is ``<registry>/<name>:<tag>``.
 
@@ -36,22 +37,6 @@ ENV_REGISTRY = "SRLM_REGISTRY"  # same variables as components/images.py
 ENV_TAG = "SRLM_TAG"
 PLATFORM = "linux/amd64"  # the constraints files are resolved for linux x86_64
 
-# Which family each stage image belongs to (its template and constraints file), and what it runs.
-STAGES: dict[str, tuple[str, str]] = {
-    "validate": ("light", "checks settings, data, judge templates and MLflow before any GPU work"),
-    "seed": ("light", "seed IFT/EFT data: the bundled set or OpenAssistant"),
-    "tiny_model": ("training", "builds the tiny Llama-style base model (CPU demo)"),
-    "eft": ("generation", "EFT build: the SFT baseline judges the seed pool"),
-    "sft": ("training", "seed SFT (IFT + EFT) with TRL"),
-    "prompts": ("generation", "Self-Instruct prompt generation with vLLM"),
-    "sample": ("generation", "candidate sampling (N replies per prompt) with vLLM"),
-    "judge": ("generation", "self-judging with the additive 5-point rubric, vLLM"),
-    "pairs": ("light", "preference pairs (best vs worst) from the judgements"),
-    "dpo": ("training", "one DPO round with TRL (reference = the round's starting model)"),
-    "evaluate": ("generation", "reward-model metrics and head-to-head win rate"),
-    "register": ("light", "registers M(t) in the MLflow model registry"),
-    "promote": ("generation", "promotion gate (may play M(t) against the champion)"),
-}
 FAMILIES = ("generation", "training", "light")
 # Images the manifests run, not the pipeline: key -> image name. Same registry/tag. An optional
 # "services" object in images.json ({"mlflow-server": "<name>"}) overrides the names.
@@ -89,17 +74,18 @@ def plan(registry: str | None = None, tag: str | None = None, spec: dict | None 
     """Every image in build order: base, the stages (images.json order), the services."""
     spec = spec or load_spec()
     registry, tag = resolve(spec, registry, tag)
-    unknown = sorted(set(spec["images"]) - set(STAGES) - {"base"})
+    stages = spec.get("stages") or {}
+    unknown = sorted(set(spec["images"]) - set(stages) - {"base"})
     if unknown:
-        raise SystemExit(f"images.json has stage(s) {unknown} that images/build.py does not know: "
-                         f"add them to STAGES (family + description) and run `python images/build.py render`")
+        raise SystemExit(f"images.json: image(s) {unknown} have no entry in 'stages' (family, description): "
+                         "run `python -m srlm.stages images images/images.json`")
     images = [Image("base", spec["images"]["base"], f"{registry}/{spec['images']['base']}:{tag}",
                     IMAGES_DIR / "base" / "Dockerfile", "base", "base")]
     for key, name in spec["images"].items():
         if key == "base":
             continue
         images.append(Image(key, name, f"{registry}/{name}:{tag}", IMAGES_DIR / key / "Dockerfile", "stage",
-                            STAGES[key][0]))
+                            stages[key]["family"]))
     for key, default in SERVICES.items():
         name = (spec.get("services") or {}).get(key, default)
         images.append(Image(key, name, f"{registry}/{name}:{tag}", IMAGES_DIR / key / "Dockerfile", "service",
@@ -170,7 +156,7 @@ def render(image: Image, spec: dict) -> str:
     values = {
         "key": image.key,
         "name": image.name,
-        "description": STAGES[image.key][1],
+        "description": spec["stages"][image.key]["description"],
         "registry": registry,
         "base_name": spec["images"]["base"],
         "version": tag,

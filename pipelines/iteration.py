@@ -41,10 +41,10 @@ def make_iteration(settings: PipelineSettings):
         parent_version: str,
     ) -> Outputs:
         run = {"mlflow": mlflow, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "iteration": iteration}
-        prompts = c.generate_prompts(sampling=sampling, model=model, seed=seed, **run)
+        prompts = c.prompts(sampling=sampling, model=model, seed=seed, **run)
         configure(prompts, "prompts", settings, "Generate prompts")
         judgements = sample_and_judge(settings, model, prompts.outputs["prompts"], sampling, judging, run)
-        pairs = c.build_pairs(judging=judging, judgements=judgements, **run)
+        pairs = c.pairs(judging=judging, judgements=judgements, **run)
         configure(pairs, "pairs", settings, "Build pairs")
         trained = c.dpo(training=training, model=model, pairs=pairs.outputs["pairs"], **run)
         configure(trained, "dpo", settings, "DPO")
@@ -52,8 +52,8 @@ def make_iteration(settings: PipelineSettings):
         evaluated = c.evaluate(evaluation=evaluation, model=new_model, previous=model, judge_model=judge_model,
                                eft=eft, seed=seed, **run)
         configure(evaluated, "evaluate", settings, "Evaluate")
-        registered = c.register_model(model=new_model, evaluation_details=evaluated.outputs["details"],
-                                      parent_version=parent_version, **run)
+        registered = c.register(model=new_model, evaluation=evaluated.outputs["details"],
+                                parent_version=parent_version, **run)
         configure(registered, "register", settings, "Register")
         return Outputs(model=new_model, version=registered.outputs["Output"])
 
@@ -70,22 +70,22 @@ def sample_and_judge(settings: PipelineSettings, model: Any, prompts: Any, sampl
     """
     shards = settings.shards
     if shards == 1:
-        sampled = c.sample_candidates(sampling=sampling, model=model, prompts=prompts, **run)
+        sampled = c.sample(sampling=sampling, model=model, prompts=prompts, **run)
         configure(sampled, "sample", settings, "Sample candidates")
-        judged = c.judge_candidates(judging=judging, model=model, candidates=sampled.outputs["candidates"], **run)
+        judged = c.judge(judging=judging, model=model, candidates=sampled.outputs["candidates"], **run)
         configure(judged, "judge", settings, "Self-judge")
         return judged.outputs["judgements"]
 
     with dsl.ParallelFor(items=list(range(shards)), name=f"Sample candidates: {shards} shards") as k:
-        sampled = c.sample_candidates(sampling=sampling, model=model, prompts=prompts, shard=k, shards=shards, **run)
+        sampled = c.sample(sampling=sampling, model=model, prompts=prompts, shard=k, shards=shards, **run)
         configure(sampled, "sample", settings, "Sample candidates (shard)")
-    candidates = c.merge_shards(kind="candidates", shard_files=dsl.Collected(sampled.outputs["candidates"]), **run)
+    candidates = c.merge(stage="sample", shard_files=dsl.Collected(sampled.outputs["candidates"]), **run)
     configure(candidates, "merge", settings, "Merge candidate shards")
 
     with dsl.ParallelFor(items=list(range(shards)), name=f"Self-judge: {shards} shards") as k:
-        judged = c.judge_candidates(judging=judging, model=model, candidates=candidates.outputs["merged"], shard=k,
-                                    shards=shards, **run)
+        judged = c.judge(judging=judging, model=model, candidates=candidates.outputs["merged"], shard=k,
+                         shards=shards, **run)
         configure(judged, "judge", settings, "Self-judge (shard)")
-    judgements = c.merge_shards(kind="judgements", shard_files=dsl.Collected(judged.outputs["judgements"]), **run)
+    judgements = c.merge(stage="judge", shard_files=dsl.Collected(judged.outputs["judgements"]), **run)
     configure(judgements, "merge", settings, "Merge judgement shards")
     return judgements.outputs["merged"]

@@ -317,11 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per task (default: all cores; one with portable numerics)")
     add_numerics_argument(parser)
+    parser.add_argument("--settings", metavar="YAML",
+                        help="a settings file (e.g. a copied preset, src/srlm/presets/*.yaml), merged over the defaults")
     parser.add_argument("--set", action="append", default=[], metavar="GROUP=JSON",
                         help='merge settings into a group, e.g. --set \'sampling={"candidates": {"n": 4}}\'')
     parser.add_argument("-v", "--verbose", action="store_true", help="stream every task's log here too")
     args = parser.parse_args(argv)
-    overrides = {}
+    overrides: dict[str, Any] = {}
+    if args.settings:
+        from srlm import presets
+
+        overrides.update(presets.settings_file(args.settings))
     for item in args.set:
         group, _, value = item.partition("=")
         overrides[group] = json.loads(value)

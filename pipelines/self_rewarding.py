@@ -1,17 +1,17 @@
 """The self-rewarding pipeline, unrolled over the iterations at compile time.
 
     validate -> base model (tiny builder, or an importer of a Hugging Face model directory)
-             -> seed data [-> SFT baseline -> EFT build] -> seed SFT = M1 -> evaluate M1 -> register M1
+             -> Seed: M1 (pipelines/seed.py: seed data [-> SFT baseline -> EFT build] -> seed SFT
+                -> evaluate M1 -> register M1)
              -> Iteration 2 -> Iteration 3 -> ... (pipelines/iteration.py, one sub-DAG per DPO round)
              -> promotion gate
 
 The validation step comes first and everything else depends on it, so bad settings, unreadable
 data, an unreachable MLflow or a promotion rule that cannot be evaluated fail before any GPU
-work. Run-time parameters are the settings groups of ``srlm.steps`` (one dict each); the number
-of iterations, the base model kind, the EFT build, GPUs, tolerations and the MLflow URI are
-compile-time settings (``pipelines/settings.py``).
+work. Run-time parameters are the settings groups of ``srlm.stages.GROUPS`` plus ``mlflow``
+(one dict each); the number of iterations, the base model kind, the EFT build, GPUs,
+tolerations and the MLflow URI are compile-time settings (``pipelines/settings.py``).
 """
-
 
 import copy
 
@@ -20,11 +20,13 @@ from kfp.dsl import Model
 
 import components as c
 from pipelines.iteration import make_iteration
+from pipelines.seed import make_seed
 from pipelines.settings import CLUSTER, PipelineSettings, configure
 
 
 def make_pipeline(settings: PipelineSettings = CLUSTER):
     """The pipeline function for ``settings`` (defaults of its parameters: ``settings.defaults``)."""
+    seed_pipeline = make_seed(settings)
     iteration_pipeline = make_iteration(settings)
     d = copy.deepcopy(settings.defaults)
 
@@ -38,6 +40,31 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
         evaluation: dict = d["evaluation"],
         mlflow: dict = d["mlflow"],
     ):
+        """Self-Rewarding Language Models: seed SFT (M1), then DPO rounds on self-judged pairs (M2, M3, ...).
+
+        Each settings group is a dict: ``preset`` (paper, tiny or testbed: src/srlm/presets/), the shared
+        ``threads`` / ``backend`` / ``dtype``, and one dict per config with only the settings you change
+        (src/srlm/presets/paper.yaml lists them all). KFP replaces a whole group: pass every key you set.
+
+        Args:
+            base_model: The base model M0. {"uri": "s3://models/Llama-2-70b-hf"} imports a Hugging Face model
+                directory (object store or mounted path); the tiny pipeline builds one: {"preset", "tiny": {...}}.
+            data: Seed data and EFT build. {"preset", "seed": {"source": "OpenAssistant/oasst1" | path | "bundled"
+                | "testbed", "ift_count"}, "eft": {...}, "testbed": {...}, "files": {"ift", "eft_train", "eft_eval",
+                "eft_pool": path}}.
+            sampling: Prompt generation and candidate sampling. {"preset", "threads", "backend", "dtype",
+                "prompts": {"num_prompts", "source": "generate" | "file", ...}, "candidates": {"n", "temperature",
+                "top_p", "max_new_tokens", ...}}.
+            judging: Self-judging and pair building. {"preset", "threads", "backend", "dtype", "judge": {"samples",
+                "template", "scorer": "model" | "random", ...}, "pairs": {"min_margin", "verifier", ...}}.
+            training: Seed SFT and DPO. {"preset", "threads", "sft": {"learning_rate", "max_steps", ...},
+                "dpo": {"beta", "learning_rate", "epochs", ...}}.
+            evaluation: Evaluation of every M(t) and the promotion rule. {"preset", "threads", "backend", "dtype",
+                "rm": {...}, "winrate": {"method": "pairwise" | "rubric", ...}, "verify": {"verifier", ...},
+                "promotion": {"metric", "min_win_rate", "rm_metric", "rm_tolerance"}, "prompts": path}.
+            mlflow: MLflow tracking. {"enabled", "experiment", "model_name", "artifact_location"}; the tracking URI
+                is a compile-time setting (MLFLOW_TRACKING_URI on every task).
+        """
         run = {"mlflow": mlflow, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         checked = c.validate(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
                              evaluation=evaluation, base_model_kind=settings.base_model, eft_build=settings.eft_build,
@@ -53,28 +80,11 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
             base_task.set_display_name("M0: import the base model")
             base = base_task.output
 
-        seed_task = c.seed_data(data=data, **run).after(checked)
-        configure(seed_task, "seed_data", settings, "Seed data")
-        seed = seed_task.outputs["seed"]
-        eft = seed
-        if settings.eft_build:
-            baseline = c.seed_sft(training=training, base_model=base, seed=seed, eft=seed, with_eft=False, **run)
-            configure(baseline, "sft", settings, "SFT baseline (IFT only)")
-            built = c.build_eft(data=data, baseline=baseline.outputs["model"], seed=seed, **run)
-            configure(built, "build_eft", settings, "EFT build")
-            eft = built.outputs["eft"]
+        seeded = seed_pipeline(base_model=base, data=data, training=training, evaluation=evaluation, mlflow=mlflow)
+        seeded.set_display_name("Seed: M1").after(checked)
+        m1, seed, eft = seeded.outputs["model"], seeded.outputs["seed"], seeded.outputs["eft"]
 
-        m1_task = c.seed_sft(training=training, base_model=base, seed=seed, eft=eft, with_eft=True, **run)
-        configure(m1_task, "sft", settings, "M1: seed SFT (IFT + EFT)")
-        m1 = m1_task.outputs["model"]
-        evaluated = c.evaluate(evaluation=evaluation, model=m1, previous=base, judge_model=m1, eft=eft, seed=seed,
-                               iteration=1, **run)
-        configure(evaluated, "evaluate", settings, "Evaluate M1")
-        registered = c.register_model(model=m1, evaluation_details=evaluated.outputs["details"], iteration=1,
-                                      parent_version="", **run)
-        configure(registered, "register", settings, "Register M1")
-
-        model, version = m1, registered.outputs["Output"]
+        model, version = m1, seeded.outputs["version"]
         for t in range(2, settings.iterations + 1):
             step = iteration_pipeline(model=model, judge_model=m1, seed=seed, eft=eft, sampling=sampling,
                                       judging=judging, training=training, evaluation=evaluation, mlflow=mlflow,
@@ -82,8 +92,8 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
             step.set_display_name(f"Iteration {t}")
             model, version = step.outputs["model"], step.outputs["version"]
 
-        gate = c.promote_gate(evaluation=evaluation, model=model, judge_model=m1, eft=eft, version=version, **run)
-        configure(gate, "promote", settings, "Promotion gate")
+        gate = c.gate(evaluation=evaluation, model=model, judge_model=m1, eft=eft, version=version, **run)
+        configure(gate, "gate", settings, "Promotion gate")
 
     return self_rewarding
 

@@ -7,8 +7,8 @@ bundled EFT data, no GPU requests, MLflow from the environment: the local run's 
 ``python -m pipelines.compile --set key=value`` changes any field (values parsed as YAML), e.g.
 ``--set shards=4``: each round's sampling and judging run as 4 GPU tasks each plus a merge.
 
-Run-time parameters (the settings groups in ``srlm.steps``) default to ``defaults`` below; a
-run can pass any group as JSON.
+Run-time parameters (the settings groups of ``srlm.stages.GROUPS``, plus ``mlflow``) default to
+``defaults`` below; a run can pass any group as JSON.
 """
 
 from __future__ import annotations
@@ -18,27 +18,10 @@ from typing import Any
 
 from kfp import kubernetes
 
-# Task kinds: what each stage asks of the cluster.
-GPU_KINDS = ("training", "generation", "evaluation")
-TASK_KINDS = {
-    "validate": "cpu",
-    "tiny_model": "cpu",
-    "seed_data": "cpu",
-    "build_eft": "generation",
-    "sft": "training",
-    "prompts": "generation",
-    "sample": "generation",
-    "judge": "generation",
-    "merge": "cpu",  # joins the shard files of a fanned-out sampling or judging step
-    "pairs": "cpu",
-    "dpo": "training",
-    "evaluate": "evaluation",
-    "register": "cpu",
-    "promote": "evaluation",  # may play a head-to-head against an earlier champion
-}
-# Deterministic stages keep KFP's cache; stochastic or side-effecting ones (sampling, judging,
-# prompt generation, training, evaluation, registration, promotion, validation) never reuse it.
-CACHED = frozenset({"tiny_model", "seed_data", "pairs"})
+from srlm.stages import GROUP_ORDER, RESOURCES, TASKS
+
+# What a task asks of the cluster (``resources`` of its stage in the registry); the GPU kinds get GPUs.
+GPU_KINDS = tuple(kind for kind in RESOURCES if kind != "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +61,7 @@ class PipelineSettings:
         return dataclasses.replace(self, **changes)
 
 
-GROUPS = ("base_model", "data", "sampling", "judging", "training", "evaluation", "mlflow")
+GROUPS = (*GROUP_ORDER, "mlflow")
 
 CLUSTER = PipelineSettings(
     defaults={
@@ -115,15 +98,14 @@ TINY = PipelineSettings(
 PROFILES = {"cluster": CLUSTER, "tiny": TINY}
 
 
-def configure(task: Any, stage: str, settings: PipelineSettings, display_name: str | None = None) -> Any:
-    """Caching, GPU request, tolerations, node selector and MLflow env for one task, from ``settings``."""
-    if stage not in TASK_KINDS:
-        raise KeyError(f"unknown stage {stage!r}; known: {sorted(TASK_KINDS)}")
-    if display_name:
-        task.set_display_name(display_name)
-    task.set_caching_options(stage in CACHED)
-    kind = TASK_KINDS[stage]
-    gpus = settings.gpus.get(kind, 0)
+def configure(task: Any, stage: str, settings: PipelineSettings, display_name: str) -> Any:
+    """Display name, caching and GPU request (from the stage's registry entry), tolerations, node selector
+    and MLflow env (from ``settings``) for one task."""
+    if stage not in TASKS:
+        raise KeyError(f"unknown stage {stage!r}; known: {sorted(TASKS)}")
+    task.set_display_name(display_name)
+    task.set_caching_options(TASKS[stage].cached)
+    gpus = settings.gpus.get(TASKS[stage].resources, 0)
     if gpus:
         task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(gpus)
         for toleration in settings.tolerations:

@@ -17,7 +17,6 @@ also written to ``testbed.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import multiprocessing
@@ -28,28 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import run_local
+from srlm import presets
+from srlm.stages import GROUPS
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Run-time settings merged over the tiny YAML's defaults. Sizes measured on 2 CPU cores (see README).
-SETTINGS: dict[str, dict[str, Any]] = {
-    "base_model": {"preset": "tiny", "tiny": {"corpus": "testbed", "vocab_size": 1024}},
-    "data": {"preset": "tiny", "seed": {"source": "testbed"},
-             "testbed": {"ift_examples": 4000, "eft_examples": 8000, "satisfy_fraction": 0.5,
-                         "prompts_per_iteration": 300, "verify_prompts": 250, "eft_eval_items": 100}},
-    "sampling": {"preset": "tiny", "prompts": {"source": "file", "num_prompts": 300},
-                 "candidates": {"n": 4, "max_new_tokens": 32}},
-    "judging": {"preset": "tiny", "judge": {"template": "short", "samples": 3, "max_new_tokens": 64},
-                "pairs": {"verifier": "testbed"}},
-    "training": {"preset": "tiny",
-                 "sft": {"judge_template": "short", "per_device_batch_size": 16, "max_steps": 3000, "max_length": 512},
-                 "dpo": {"learning_rate": 1e-4, "final_learning_rate": 1e-5, "epochs": 2, "max_steps": 0,
-                         "per_device_batch_size": 8, "beta": 0.1, "max_length": 512}},
-    "evaluation": {"preset": "tiny", "rm": {"template": "short", "max_new_tokens": 64, "max_items": 40},
-                   "winrate": {"max_new_tokens": 32, "judge_template": "short", "judge_max_new_tokens": 64},
-                   "verify": {"verifier": "testbed", "judge_template": "short", "max_new_tokens": 32,
-                              "judge_max_new_tokens": 64}},
-}
 # Where each group keeps its seed (one --seed moves them all).
 SEEDED = {"base_model": ["tiny"], "data": ["testbed"], "sampling": ["candidates"], "judging": ["judge"],
           "training": ["sft", "dpo"], "evaluation": ["verify", "rm", "winrate"]}
@@ -58,7 +40,8 @@ ARMS = {"self-judge": "model", "random-judge": "random"}
 
 def settings_for(seed: int, scorer: str) -> dict[str, dict[str, Any]]:
     """The testbed settings with every seed set to ``seed`` and the judge's scorer set to ``scorer``."""
-    groups = copy.deepcopy(SETTINGS)
+    # Every group on the shipped testbed preset (src/srlm/presets/testbed.yaml), merged over the tiny YAML's defaults.
+    groups: dict[str, dict[str, Any]] = {group: {"preset": "testbed"} for group in GROUPS}
     for group, keys in SEEDED.items():
         for key in keys:
             groups[group].setdefault(key, {})["seed"] = seed
@@ -177,7 +160,7 @@ def run(run_dir: Path, seed: int = 0, threads: int | None = 1, verbose: bool = F
         futures = {arm: pool.submit(run_arm, *job) for arm, job in jobs.items()}
         arms = {arm: future.result() for arm, future in futures.items()}
     result = {"seed": seed, "numerics": numerics_mode, "run_dir": str(run_dir), "seconds": round(time.perf_counter() - started, 1),
-              "verify_prompts": SETTINGS["data"]["testbed"]["verify_prompts"], "arms": arms,
+              "verify_prompts": presets.load("testbed")["data"]["testbed"]["verify_prompts"], "arms": arms,
               "comparison": compare(arms)}
     (run_dir / "testbed.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_table(result)

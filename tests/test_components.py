@@ -20,18 +20,13 @@ if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the reposito
 
 import components  # noqa: E402
 from components.images import IMAGES_FILE, image  # noqa: E402
-from srlm import steps, tracking  # noqa: E402
+from srlm import model_registry, stages, tracking  # noqa: E402
 from srlm.errors import SrlmError  # noqa: E402
 from srlm.io import read_jsonl, write_jsonl  # noqa: E402
 from srlm.modeldir import write_lineage  # noqa: E402
+from srlm.stagelog import to_kfp  # noqa: E402
 
 OFF = {"enabled": False}
-STAGE_OF = {  # component -> its stage's key in images/images.json
-    "validate": "validate", "tiny_model": "tiny_model", "seed_data": "seed", "build_eft": "eft", "seed_sft": "sft",
-    "generate_prompts": "prompts", "sample_candidates": "sample", "judge_candidates": "judge", "build_pairs": "pairs",
-    "dpo": "dpo", "evaluate": "evaluate", "register_model": "register", "promote_gate": "promote",
-    "merge_shards": "pairs",  # a light CPU step: reads and writes JSONL
-}
 
 
 def art(cls, path):
@@ -56,13 +51,14 @@ def settings(name, **extra):
 # --------------------------------------------------------------------------- images
 
 
-def test_every_component_uses_its_stages_image_from_images_json():
+def test_one_component_per_pipeline_stage_named_after_it_on_its_image():
     spec = json.loads(IMAGES_FILE.read_text())
-    for name, stage in STAGE_OF.items():
+    assert {n for n in components.__all__ if n not in ("image", "images_spec")} == set(stages.TASKS)
+    for name in stages.TASKS:
         component = getattr(components, name)
-        expected = f"{spec['registry']}/{spec['images'][stage]}:{spec['tag']}"
+        assert component.component_spec.name == name.replace("_", "-"), name
+        expected = f"{spec['registry']}/{spec['images'][name]}:{spec['tag']}"
         assert component.component_spec.implementation.container.image == expected, name
-    assert set(STAGE_OF) == {n for n in components.__all__ if n not in ("image", "images_spec")}
 
 
 def test_image_registry_and_tag_can_be_overridden(monkeypatch):
@@ -75,7 +71,7 @@ def test_image_registry_and_tag_can_be_overridden(monkeypatch):
 
 
 def test_components_install_nothing_and_import_only_the_package():
-    for name in STAGE_OF:
+    for name in stages.TASKS:
         container = getattr(components, name).component_spec.implementation.container
         command = " ".join(container.command)
         assert "pip install" not in command, name
@@ -90,7 +86,7 @@ def test_components_install_nothing_and_import_only_the_package():
 
 def test_seed_data_component_writes_the_bundled_seed_set(tmp_path):
     seed, metrics = art(dsl.Dataset, tmp_path / "seed"), art(dsl.Metrics, tmp_path / "metrics")
-    components.seed_data.python_func(data={"preset": "tiny"}, mlflow=OFF, kfp_run_id="t", seed=seed, metrics=metrics)
+    components.seed.python_func(data={"preset": "tiny"}, mlflow=OFF, kfp_run_id="t", seed=seed, metrics=metrics)
     assert len(read_jsonl(tmp_path / "seed" / "ift.jsonl", "ift")) == metrics.metadata["ift"] == 64
     assert len(read_jsonl(tmp_path / "seed" / "eft_eval.jsonl", "eft_eval")) == metrics.metadata["eft_eval"] > 0
     assert metrics.metadata["user_files"] == 0 and "wall_seconds" in metrics.metadata
@@ -99,7 +95,7 @@ def test_seed_data_component_writes_the_bundled_seed_set(tmp_path):
 def test_seed_data_component_takes_the_users_files(tmp_path, seed_dir):
     seed, metrics = art(dsl.Dataset, tmp_path / "seed"), art(dsl.Metrics, tmp_path / "metrics")
     files = {name: str(seed_dir / f"{name}.jsonl") for name in ("ift", "eft_train", "eft_eval")}
-    components.seed_data.python_func(data={"files": files}, mlflow=OFF, kfp_run_id="t", seed=seed, metrics=metrics)
+    components.seed.python_func(data={"files": files}, mlflow=OFF, kfp_run_id="t", seed=seed, metrics=metrics)
     assert sorted(p.name for p in (tmp_path / "seed").iterdir()) == ["eft_eval.jsonl", "eft_train.jsonl", "ift.jsonl"]
     assert metrics.metadata["user_files"] == 3
 
@@ -116,7 +112,7 @@ def judgements(path, scores):
 def test_pairs_component_builds_best_vs_worst_pairs(tmp_path):
     src = art(dsl.Dataset, judgements(tmp_path / "judgements.jsonl", [[1, 4, 2], [3, 3, 3], [0, 5, 5]]))
     pairs, metrics = art(dsl.Dataset, tmp_path / "pairs.jsonl"), art(dsl.Metrics, tmp_path / "metrics")
-    components.build_pairs.python_func(judging={"preset": "tiny"}, judgements=src, iteration=2, mlflow=OFF,
+    components.pairs.python_func(judging={"preset": "tiny"}, judgements=src, iteration=2, mlflow=OFF,
                                        kfp_run_id="t", pairs=pairs, metrics=metrics)
     built = read_jsonl(tmp_path / "pairs.jsonl", "pair")
     assert [(p["chosen"], p["rejected"]) for p in built] == [("reply 0.1", "reply 0.0"), ("reply 2.1", "reply 2.0")]
@@ -126,14 +122,14 @@ def test_pairs_component_builds_best_vs_worst_pairs(tmp_path):
 def test_pairs_component_with_no_pairs_fails_with_the_counts(tmp_path):
     src = art(dsl.Dataset, judgements(tmp_path / "judgements.jsonl", [[3, 3], [2, 2]]))
     with pytest.raises(SrlmError, match="0 preference pairs from 2 prompts"):
-        components.build_pairs.python_func(judging={}, judgements=src, iteration=2, mlflow=OFF, kfp_run_id="t",
+        components.pairs.python_func(judging={}, judgements=src, iteration=2, mlflow=OFF, kfp_run_id="t",
                                            pairs=art(dsl.Dataset, tmp_path / "pairs.jsonl"),
                                            metrics=art(dsl.Metrics, tmp_path / "m"))
     assert not (tmp_path / "pairs.jsonl").exists()
 
 
 def test_sharded_sample_and_judge_components_merge_to_the_unsharded_output(tmp_path, tiny_model):
-    """sample_candidates / judge_candidates with shard, shards; merge_shards takes the collected list (any order)."""
+    """sample / judge with shard, shards; merge takes the collected list (any order)."""
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"id": f"p{i}", "prompt": f"Say {'more ' * i}about {i}."} for i in range(6)], "prompt")
     sampling = {"preset": "tiny", "threads": 1, "candidates": {"n": 2, "max_new_tokens": 4, "batch_size": 4}}
@@ -141,31 +137,31 @@ def test_sharded_sample_and_judge_components_merge_to_the_unsharded_output(tmp_p
     common = {"iteration": 2, "mlflow": OFF, "kfp_run_id": "t"}
 
     def sample(name, **shard):
-        components.sample_candidates.python_func(
+        components.sample.python_func(
             sampling=sampling, model=art(dsl.Model, tiny_model), prompts=art(dsl.Dataset, prompts), **common,
             candidates=art(dsl.Dataset, tmp_path / name), metrics=art(dsl.Metrics, tmp_path / f"{name}.m"), **shard)
         return art(dsl.Dataset, tmp_path / name)
 
     def judge(candidates, name, **shard):
-        components.judge_candidates.python_func(
+        components.judge.python_func(
             judging=judging, model=art(dsl.Model, tiny_model), candidates=candidates, **common,
             judgements=art(dsl.Dataset, tmp_path / name), metrics=art(dsl.Metrics, tmp_path / f"{name}.m"), **shard)
         return art(dsl.Dataset, tmp_path / name)
 
-    def merge(kind, parts, name):
+    def merge(stage, parts, name):
         metrics = art(dsl.Metrics, tmp_path / f"{name}.m")
-        components.merge_shards.python_func(kind=kind, shard_files=parts, **common,
+        components.merge.python_func(stage=stage, shard_files=parts, **common,
                                             merged=art(dsl.Dataset, tmp_path / name), metrics=metrics)
         return art(dsl.Dataset, tmp_path / name), metrics
 
     plain = sample("candidates")
     parts = [sample(f"candidates-{k}", shard=k, shards=3) for k in range(3)]
-    merged, metrics = merge("candidates", parts[::-1], "candidates-merged")
+    merged, metrics = merge("sample", parts[::-1], "candidates-merged")
     assert Path(merged.path).read_bytes() == Path(plain.path).read_bytes()
     assert metrics.metadata["prompts"] == 6 and metrics.metadata["shards"] == 3
     judged = judge(plain, "judgements")
     jparts = [judge(merged, f"judgements-{k}", shard=k, shards=2) for k in range(2)]
-    jmerged, jmetrics = merge("judgements", jparts, "judgements-merged")
+    jmerged, jmetrics = merge("judge", jparts, "judgements-merged")
     assert Path(jmerged.path).read_bytes() == Path(judged.path).read_bytes()
     assert jmetrics.metadata["replies"] == 12 and jmetrics.metadata["shards"] == 2
 
@@ -174,19 +170,21 @@ def test_sharded_sample_and_judge_components_merge_to_the_unsharded_output(tmp_p
 
 
 def test_settings_groups_build_configs_from_preset_shared_keys_and_their_own_dict():
-    config = steps.stage_config("training", {"preset": "tiny", "threads": 2, "dpo": {"beta": 0.2}}, "dpo")
+    config = stages.group_config("training", {"preset": "tiny", "threads": 2, "dpo": {"beta": 0.2}}, "dpo")
     assert (config.beta, config.threads, config.max_steps) == (0.2, 2, 30)
-    assert steps.stage_config("training", {}, "dpo").learning_rate == 1e-6  # paper defaults
-    assert steps.stage_config("evaluation", {"preset": "tiny"}, "promotion").metric == "adjusted_win_rate"
+    assert stages.group_config("training", {}, "dpo").learning_rate == 1e-6  # paper defaults
+    assert stages.group_config("evaluation", {"preset": "tiny"}, "promotion").metric == "adjusted_win_rate"
     with pytest.raises(SrlmError, match=r"training: unknown key\(s\) \['dpo_beta'\]"):
-        steps.stage_config("training", {"dpo_beta": 0.2}, "dpo")
+        stages.group_config("training", {"dpo_beta": 0.2}, "dpo")
     with pytest.raises(SrlmError, match=r"training.sft: .*unknown setting"):
-        steps.stage_config("training", {"sft": {"lr": 1}}, "sft")
+        stages.group_config("training", {"sft": {"lr": 1}}, "sft")
+    evaluate = stages.STAGES["evaluate"].configure({"preset": "tiny", "prompts": "p.jsonl"})
+    assert set(evaluate) == {"rm", "winrate", "verify", "prompts"} and evaluate["winrate"].method == "rubric"
 
 
 def test_to_kfp_logs_only_finite_numbers():
     metrics = dsl.Metrics(name="m", uri="/tmp/unused")
-    steps.to_kfp(metrics, {"a": 1, "b": {"c": 0.5}, "s": "text", "n": None, "flag": True, "nan": float("nan")})
+    to_kfp(metrics, {"a": 1, "b": {"c": 0.5}, "s": "text", "n": None, "flag": True, "nan": float("nan")})
     assert metrics.metadata == {"a": 1.0, "b.c": 0.5}
 
 
@@ -208,11 +206,11 @@ def run_validate(tmp_path, mlflow, **changes):
 def test_validate_passes_and_creates_the_pipeline_run(tmp_path, mlflow_store):
     uri, metrics = run_validate(tmp_path, settings("validated"))
     assert uri == "" and metrics.metadata["problems"] == 0 and metrics.metadata["checks"] > 10
-    client = tracking._client()
+    client = tracking.mlflow_client()
     experiment = client.get_experiment_by_name("components-test")
     parents = client.search_runs([experiment.experiment_id], "tags.kfp_run_id = 'kfp-validate'")
-    stages = sorted(r.data.tags.get("stage", "parent") for r in parents)
-    assert stages == ["parent", "validate"]
+    logged = sorted(r.data.tags.get("stage", "parent") for r in parents)
+    assert logged == ["parent", "validate"]
 
 
 def free_port():
@@ -234,7 +232,7 @@ def test_validate_reports_every_bad_input_before_any_gpu_work(tmp_path, monkeypa
     assert "validation found 4 problem(s)" in message
     assert "missing.jsonl: no such file" in message
     assert "does not answer" in message and "127.0.0.1" in message
-    assert "unknown promotion metric 'accuracy'" in message
+    assert "evaluation.promotion: config: metric: 'accuracy' is not allowed" in message
     assert "rubric.txt: judge template file not found" in message
 
 
@@ -251,8 +249,8 @@ def test_validate_rejects_a_judge_template_that_differs_from_the_one_trained_on(
 def test_validate_says_when_the_promotion_rule_cannot_be_evaluated_against_the_champion(
     tmp_path, mlflow_store, tiny_model
 ):
-    version = tracking.register_model("no-metrics", str(tiny_model), 1)  # a champion without metric tags
-    tracking.promote("no-metrics", version)
+    version = model_registry.register_model("no-metrics", str(tiny_model), 1)  # a champion without metric tags
+    model_registry.promote("no-metrics", version)
     with pytest.raises(SrlmError, match=r"promotion rule cannot be evaluated: champion no-metrics version 1 has no "
                                         r"metric.pairwise_accuracy"):
         run_validate(tmp_path, settings("no-metrics"))
@@ -297,12 +295,12 @@ def test_register_component_registers_by_reference_with_lineage_and_alias(tmp_pa
     versions = []
     for t, model in ((1, tiny_model), (2, m2)):
         metrics = art(dsl.Metrics, tmp_path / f"metrics{t}")
-        versions.append(components.register_model.python_func(
-            model=art(dsl.Model, model), evaluation_details=evaluation_details(tmp_path / f"eval{t}"), iteration=t,
+        versions.append(components.register.python_func(
+            model=art(dsl.Model, model), evaluation=evaluation_details(tmp_path / f"eval{t}"), iteration=t,
             parent_version=versions[-1] if versions else "", mlflow=mlflow, kfp_run_id="kfp-reg", metrics=metrics))
         assert metrics.metadata["pairwise_accuracy"] == 0.6
     assert versions == ["1", "2"]
-    client = tracking._client()
+    client = tracking.mlflow_client()
     assert {k: str(v) for k, v in client.get_registered_model("registered").aliases.items()} == {
         "iter-1": "1", "iter-2": "2"}
     mv = client.get_model_version("registered", "2")
@@ -314,42 +312,42 @@ def test_register_component_registers_by_reference_with_lineage_and_alias(tmp_pa
 
 
 def test_register_with_mlflow_disabled_returns_no_version(tmp_path, tiny_model):
-    version = components.register_model.python_func(
-        model=art(dsl.Model, tiny_model), evaluation_details=evaluation_details(tmp_path / "eval"), iteration=1,
+    version = components.register.python_func(
+        model=art(dsl.Model, tiny_model), evaluation=evaluation_details(tmp_path / "eval"), iteration=1,
         parent_version="", mlflow=OFF, kfp_run_id="k", metrics=art(dsl.Metrics, tmp_path / "m"))
     assert version == ""
 
 
-def test_promote_gate_makes_the_first_challenger_champion(tmp_path, mlflow_store, tiny_model):
-    version = tracking.register_model("gate-first", str(tiny_model), 1, metrics={"pairwise_accuracy": 0.5})
+def test_gate_makes_the_first_challenger_champion(tmp_path, mlflow_store, tiny_model):
+    version = model_registry.register_model("gate-first", str(tiny_model), 1, metrics={"pairwise_accuracy": 0.5})
     report, metrics = art(dsl.Markdown, tmp_path / "promotion.md"), art(dsl.Metrics, tmp_path / "m")
     tracking.pipeline_run("components-test", "kfp-gate")
-    components.promote_gate.python_func(
+    components.gate.python_func(
         evaluation={"preset": "tiny"}, model=art(dsl.Model, tiny_model), judge_model=art(dsl.Model, tiny_model),
         eft=art(dsl.Dataset, tmp_path), version=version, mlflow=settings("gate-first"), kfp_run_id="kfp-gate",
         report=report, metrics=metrics)
-    aliases = {k: str(v) for k, v in tracking._client().get_registered_model("gate-first").aliases.items()}
+    aliases = {k: str(v) for k, v in tracking.mlflow_client().get_registered_model("gate-first").aliases.items()}
     assert aliases["champion"] == aliases["challenger"] == version
     assert (metrics.metadata["promoted"], metrics.metadata["compared_to_champion"]) == (1.0, 0.0)
     assert "no champion yet" in (tmp_path / "promotion.md").read_text()
 
 
 @pytest.mark.slow
-def test_promote_gate_plays_an_earlier_champion_before_deciding(tmp_path, mlflow_store, tiny_model, sft_model, seed_dir):
+def test_gate_plays_an_earlier_champion_before_deciding(tmp_path, mlflow_store, tiny_model, sft_model, seed_dir):
     """A champion from an earlier run is not the challenger's parent: the gate measures win rate against it."""
     name = "gate-h2h"
-    old = tracking.register_model(name, str(tiny_model), 3, metrics={"pairwise_accuracy": 0.1})
-    tracking.promote(name, old)
-    new = tracking.register_model(name, str(sft_model), 3, parent_version="99", metrics={"pairwise_accuracy": 0.2})
+    old = model_registry.register_model(name, str(tiny_model), 3, metrics={"pairwise_accuracy": 0.1})
+    model_registry.promote(name, old)
+    new = model_registry.register_model(name, str(sft_model), 3, parent_version="99", metrics={"pairwise_accuracy": 0.2})
     report, metrics = art(dsl.Markdown, tmp_path / "promotion.md"), art(dsl.Metrics, tmp_path / "m")
     tracking.pipeline_run("components-test", "kfp-h2h")
     evaluation = {"preset": "tiny", "winrate": {"max_prompts": 4}, "promotion": {"min_win_rate": 0.0}}
-    components.promote_gate.python_func(
+    components.gate.python_func(
         evaluation=evaluation, model=art(dsl.Model, sft_model), judge_model=art(dsl.Model, sft_model),
         eft=art(dsl.Dataset, seed_dir), version=new, mlflow=settings(name), kfp_run_id="kfp-h2h",
         report=report, metrics=metrics)
     assert metrics.metadata["compared_to_champion"] == 1.0
     assert 0.0 <= metrics.metadata["adjusted_win_rate_vs_champion"] <= 1.0
-    aliases = {k: str(v) for k, v in tracking._client().get_registered_model(name).aliases.items()}
+    aliases = {k: str(v) for k, v in tracking.mlflow_client().get_registered_model(name).aliases.items()}
     assert aliases["challenger"] == new and aliases["champion"] == new  # min_win_rate 0: the rule holds
     assert "adjusted_win_rate_vs_champion" in (tmp_path / "promotion.md").read_text()

@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from srlm import SrlmError
+from srlm import SrlmError, presets
 from srlm.config import add_config_arguments, config_from_args
 from srlm.judge import JudgeConfig
 from srlm.prompts import PromptGenConfig
@@ -46,4 +46,17 @@ def test_cli_flags_from_dataclass():
     config = config_from_args(PromptGenConfig, args)
     assert config.keywords == ["image", "video"]
     assert config.rouge_threshold == 0.5
-    assert config.num_prompts == PromptGenConfig.PRESETS["tiny"]["num_prompts"]
+    assert config.num_prompts == presets.load("tiny")["sampling"]["prompts"]["num_prompts"] == 24
+
+
+def test_enumerated_settings_list_their_choices(tmp_path):
+    """A Literal-typed setting fails with the allowed values, from Python, a YAML file and a flag alike."""
+    with pytest.raises(SrlmError, match="backend: 'vlm' is not allowed; choose from 'auto', 'transformers', 'vllm', "
+                                        "'openai'"):
+        SamplingConfig.load(backend="vlm")
+    with pytest.raises(SrlmError, match="source: 'web' is not allowed; choose from 'generate', 'file'"):
+        PromptGenConfig.from_dict({"source": "web"})
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, JudgeConfig)
+    scorer = next(a for a in parser._actions if a.dest == "scorer")
+    assert scorer.choices == ("model", "random") and JudgeConfig.load(scorer="random").scorer == "random"

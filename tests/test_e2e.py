@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from srlm import evaluation, judge, pairs, prompts, sampling, training
+from srlm import judge, pairs, prompts, rm_eval, sampling, training, winrate
 from srlm.io import read_jsonl
 from srlm.modeldir import check_model_dir, read_lineage
 
@@ -55,13 +55,13 @@ def test_one_iteration_end_to_end(sft_model, seed_dir, tmp_path):
     assert lineage["parent"] == str(sft_model)
     assert dpo_metrics
 
-    rm = evaluation.run_rm(evaluation.RMEvalConfig.load("tiny"), tmp_path / "m2", seed_dir / "eft_eval.jsonl", tmp_path / "rm")
+    rm = rm_eval.run_rm(rm_eval.RMEvalConfig.load("tiny"), tmp_path / "m2", seed_dir / "eft_eval.jsonl", tmp_path / "rm")
     assert 0.0 <= rm["pairwise_accuracy"] <= 1.0
     assert 0.0 <= rm["judge_parse_failure_rate"] <= 1.0
     assert -1.0 <= rm["spearman"] <= 1.0 and -1.0 <= rm["kendall_tau"] <= 1.0
     assert json.loads((tmp_path / "rm" / "metrics.json").read_text())["pairwise_accuracy"] == rm["pairwise_accuracy"]
 
-    win_config = evaluation.WinRateConfig.load("tiny", max_prompts=4)
-    win = evaluation.run_winrate(win_config, tmp_path / "m2", sft_model, sft_model, tmp_path / "prompts.jsonl", tmp_path / "h2h")
+    win_config = winrate.WinRateConfig.load("tiny", max_prompts=4)
+    win = winrate.run_winrate(win_config, tmp_path / "m2", sft_model, sft_model, tmp_path / "prompts.jsonl", tmp_path / "h2h")
     assert win["wins"] + win["ties"] + win["losses"] == min(4, len(generated))
     assert (tmp_path / "h2h" / "report.md").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from srlm import eft
+from srlm import eft, stages
 from srlm.errors import SrlmError
 from srlm.io import read_jsonl, write_jsonl
 from srlm.judge import JudgeConfig
@@ -231,11 +231,12 @@ def test_run_with_scripted_judge(pool_file, judge, tmp_path):
     assert stats["prompts_agreeing"] + sum(disagreeing.values()) == judged_prompts
     assert stats["score_histogram"] == {f"{k:g}": v for k, v in sorted(hist.items())}
 
-    # Same seed, same files; overwrite needed the second time.
+    # Same seed, same files; the stage adapter needs overwrite the second time.
+    group = {"eft": config.to_dict()}
     with pytest.raises(SrlmError, match="already exists"):
-        eft.run(config, tmp_path / "model", pool_file, out)
+        stages.run_stage("build_eft", group, model=str(tmp_path / "model"), pool=str(pool_file), out=str(out))
     first = (out / "eft_train.jsonl").read_text()
-    eft.run(config, tmp_path / "model", pool_file, out, overwrite=True)
+    stages.run_stage("build_eft", group, model=str(tmp_path / "model"), pool=str(pool_file), out=str(out), overwrite=True)
     assert (out / "eft_train.jsonl").read_text() == first
 
 

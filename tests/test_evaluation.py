@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from srlm import evaluation as ev
+from srlm import rm_eval, stages, winrate
 from srlm.errors import SrlmError
 from srlm.io import read_jsonl
 from srlm.metrics import numeric_metrics
@@ -26,7 +26,7 @@ def item(ranks: list[int]) -> dict:
 
 
 def test_perfect_order():
-    m = ev.reward_model_metrics([item([0, 1, 2])], [[5, 3, 1]])
+    m = rm_eval.reward_model_metrics([item([0, 1, 2])], [[5, 3, 1]])
     assert m["pairwise_accuracy"] == 1.0
     assert m["pairwise_tie_share"] == 0.0
     assert m["five_best"] == 1.0 and m["counts"]["five_best_candidates"] == 1
@@ -39,7 +39,7 @@ def test_perfect_order():
 
 def test_fully_inverted():
     # reply order in the record does not matter: ranks say which is best
-    m = ev.reward_model_metrics([item([2, 0, 1])], [[5, 1, 3]])
+    m = rm_eval.reward_model_metrics([item([2, 0, 1])], [[5, 1, 3]])
     assert m["pairwise_accuracy"] == 0.0
     assert m["pairwise_tie_share"] == 0.0
     assert m["exact_match"] == 0.0
@@ -50,7 +50,7 @@ def test_fully_inverted():
 
 def test_ties_count_as_wrong():
     # pairs: (r0, r1) tied -> wrong; (r0, r2) and (r1, r2) right
-    m = ev.reward_model_metrics([item([0, 1, 2])], [[4, 4, 2]])
+    m = rm_eval.reward_model_metrics([item([0, 1, 2])], [[4, 4, 2]])
     assert m["pairwise_accuracy"] == pytest.approx(2 / 3)
     assert m["pairwise_tie_share"] == pytest.approx(1 / 3)
     assert m["exact_match"] == 0.0
@@ -63,7 +63,7 @@ def test_ties_count_as_wrong():
 
 
 def test_unscored_replies():
-    m = ev.reward_model_metrics([item([0, 1, 2])], [[None, 3, 1]])
+    m = rm_eval.reward_model_metrics([item([0, 1, 2])], [[None, 3, 1]])
     # (r0, r1) and (r0, r2) involve the unscored best reply -> wrong; (r1, r2) right
     assert m["pairwise_accuracy"] == pytest.approx(1 / 3)
     assert m["pairwise_tie_share"] == 0.0
@@ -79,7 +79,7 @@ def test_unscored_replies():
 def test_all_equal_prompt_contributes_zero_and_single_scored_prompt_is_left_out():
     items = [item([0, 1, 2]), item([0, 1]), item([1, 0])]
     scores = [[5, 3, 1], [3, 3], [None, 2]]
-    m = ev.reward_model_metrics(items, scores)
+    m = rm_eval.reward_model_metrics(items, scores)
     # correlations: prompt 1 -> 1, prompt 2 (all equal) -> 0, prompt 3 (1 scored) left out
     assert m["spearman"] == pytest.approx(0.5)
     assert m["kendall_tau"] == pytest.approx(0.5)
@@ -92,7 +92,7 @@ def test_all_equal_prompt_contributes_zero_and_single_scored_prompt_is_left_out(
 
 
 def test_no_correlation_prompt_gives_none():
-    m = ev.reward_model_metrics([item([0, 1])], [[None, None]])
+    m = rm_eval.reward_model_metrics([item([0, 1])], [[None, None]])
     assert m["spearman"] is None and m["kendall_tau"] is None
     assert m["pairwise_accuracy"] == 0.0
     assert m["counts"]["unscored"] == 2
@@ -101,13 +101,13 @@ def test_no_correlation_prompt_gives_none():
 def test_five_best_with_candidates():
     items = [item([0, 1]), item([1, 0]), item([0, 1, 2])]
     scores = [[5, 4.5], [4.7, 2], [4.4, 1, 0]]  # 4.4 is below the threshold
-    m = ev.reward_model_metrics(items, scores)
+    m = rm_eval.reward_model_metrics(items, scores)
     assert m["counts"]["five_best_candidates"] == 3
     assert m["five_best"] == pytest.approx(1 / 3)
 
 
 def test_five_best_uses_the_lowest_rank_as_top():
-    m = ev.reward_model_metrics([item([1, 3, 2])], [[5, 1, 2]])
+    m = rm_eval.reward_model_metrics([item([1, 3, 2])], [[5, 1, 2]])
     assert m["five_best"] == 1.0
     assert m["exact_match"] == 1.0
 
@@ -115,26 +115,26 @@ def test_five_best_uses_the_lowest_rank_as_top():
 def test_exact_match_share():
     items = [item([0, 1, 2]), item([0, 1, 2]), item([0, 1, 2]), item([1, 0])]
     scores = [[5, 4, 3], [5, 5, 3], [5, 3, 4], [2.5, 3.5]]
-    m = ev.reward_model_metrics(items, scores)
+    m = rm_eval.reward_model_metrics(items, scores)
     assert m["exact_match"] == pytest.approx(2 / 4)
     assert m["counts"]["exact_matches"] == 2
 
 
 def test_nan_is_unscored():
-    m = ev.reward_model_metrics([item([0, 1])], [[float("nan"), 2.0]])
+    m = rm_eval.reward_model_metrics([item([0, 1])], [[float("nan"), 2.0]])
     assert m["counts"]["unscored"] == 1
     assert m["pairwise_accuracy"] == 0.0
 
 
 def test_metric_input_errors():
     with pytest.raises(SrlmError, match="score lists"):
-        ev.reward_model_metrics([item([0, 1])], [])
+        rm_eval.reward_model_metrics([item([0, 1])], [])
     with pytest.raises(SrlmError, match="2 replies but 3 scores"):
-        ev.reward_model_metrics([item([0, 1])], [[1, 2, 3]])
+        rm_eval.reward_model_metrics([item([0, 1])], [[1, 2, 3]])
     with pytest.raises(SrlmError, match="no eval items"):
-        ev.reward_model_metrics([], [])
+        rm_eval.reward_model_metrics([], [])
     with pytest.raises(SrlmError, match="ranks"):
-        ev.reward_model_metrics([{"prompt": "q", "replies": ["a", "b"], "ranks": [0, 0]}], [[1, 2]])
+        rm_eval.reward_model_metrics([{"prompt": "q", "replies": ["a", "b"], "ranks": [0, 0]}], [[1, 2]])
 
 
 def test_correlations_and_pairwise_match_scipy_and_brute_force():
@@ -149,7 +149,7 @@ def test_correlations_and_pairwise_match_scipy_and_brute_force():
         scores.append([rng.choice([None, 1, 2, 3, 3.5, 4, 4.5, 5]) if rng.random() < 0.9 else None for _ in ranks])
     scores.append([3.0, 3.0])  # an all-equal prompt
     items.append(item([0, 1]))
-    m = ev.reward_model_metrics(items, scores)
+    m = rm_eval.reward_model_metrics(items, scores)
 
     rho, tau, right, pairs = [], [], 0, 0
     for it, s in zip(items, scores):
@@ -173,7 +173,7 @@ def test_correlations_and_pairwise_match_scipy_and_brute_force():
 
 
 def test_numeric_metrics_flattens_for_mlflow():
-    m = ev.reward_model_metrics([item([0, 1])], [[1, 2]])
+    m = rm_eval.reward_model_metrics([item([0, 1])], [[1, 2]])
     m["run"] = {"model": "x"}
     m["spearman"], m["kendall_tau"] = float("nan"), float("inf")
     flat = numeric_metrics(m)
@@ -204,42 +204,42 @@ def test_numeric_metrics_flattens_for_mlflow():
     ],
 )
 def test_parse_verdict(text, expected):
-    assert ev.parse_verdict(text) == expected
+    assert winrate.parse_verdict(text) == expected
 
 
 def test_fill_pairwise_is_one_pass():
-    filled = ev.fill_pairwise("{instruction}|{response_a}|{response_b}", "say {response_b}", "{x}", "b")
+    filled = winrate.fill_pairwise("{instruction}|{response_a}|{response_b}", "say {response_b}", "{x}", "b")
     assert filled == "say {response_b}|{x}|b"
 
 
 def test_pairwise_template_checks(tmp_path):
-    assert ev.load_pairwise_template(None) == ev.DEFAULT_PAIRWISE_TEMPLATE
-    ev.check_pairwise_template(ev.DEFAULT_PAIRWISE_TEMPLATE)
+    assert winrate.load_pairwise_template(None) == winrate.DEFAULT_PAIRWISE_TEMPLATE
+    winrate.check_pairwise_template(winrate.DEFAULT_PAIRWISE_TEMPLATE)
     bad = tmp_path / "bad.txt"
     bad.write_text("Which is better? {instruction} {response_a}\nWinner:", encoding="utf-8")
     with pytest.raises(SrlmError, match=r"\{response_b\}"):
-        ev.load_pairwise_template(bad)
+        winrate.load_pairwise_template(bad)
     with pytest.raises(SrlmError, match="not found"):
-        ev.load_pairwise_template(tmp_path / "missing.txt")
+        winrate.load_pairwise_template(tmp_path / "missing.txt")
     good = tmp_path / "good.txt"
     good.write_text("{instruction} {response_a} {response_b}", encoding="utf-8")
-    assert ev.load_pairwise_template(good).startswith("{instruction}")
+    assert winrate.load_pairwise_template(good).startswith("{instruction}")
 
 
 def test_config_validation_and_presets():
     with pytest.raises(SrlmError, match="method"):
-        ev.WinRateConfig.load(method="elo")
+        winrate.WinRateConfig.load(method="elo")
     with pytest.raises(SrlmError, match="judge_samples"):
-        ev.WinRateConfig.load(judge_samples=0)
+        winrate.WinRateConfig.load(judge_samples=0)
     with pytest.raises(SrlmError, match="max_items"):
-        ev.RMEvalConfig.load(max_items=-1)
-    paper = ev.WinRateConfig.load()
+        rm_eval.RMEvalConfig.load(max_items=-1)
+    paper = winrate.WinRateConfig.load()
     assert (paper.max_prompts, paper.judge_samples, paper.judge_temperature, paper.judge_top_p) == (256, 3, 0.7, 0.9)
     assert paper.method == "pairwise"
-    rm = ev.RMEvalConfig.load()
+    rm = rm_eval.RMEvalConfig.load()
     assert (rm.samples, rm.temperature, rm.top_p) == (3, 0.7, 0.9)
-    assert ev.WinRateConfig.load("tiny").max_prompts <= 16
-    assert ev.RMEvalConfig.load("tiny").max_items > 0
+    assert winrate.WinRateConfig.load("tiny").max_prompts <= 16
+    assert rm_eval.RMEvalConfig.load("tiny").max_items > 0
     jc = paper.judge_config()
     assert (jc.samples, jc.temperature, jc.max_new_tokens) == (3, 0.7, 256)
 
@@ -282,15 +282,15 @@ class ScriptedGenerator:
 @pytest.fixture
 def scripted(monkeypatch, tmp_path):
     ScriptedGenerator.loaded = []
-    monkeypatch.setattr(ev, "make_generator", lambda model, options=None: ScriptedGenerator(Path(model).name))
+    monkeypatch.setattr(winrate, "make_generator", lambda model, options=None: ScriptedGenerator(Path(model).name))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": f"task {i}", "dataset": "demo"}) + "\n" for i in range(5)))
     return prompts
 
 
 def _winrate(prompts, tmp_path, judge, a="model-good", b="model-bad", **settings):
-    config = ev.WinRateConfig.load("tiny", **{"method": "pairwise", **settings})
-    return ev.run_winrate(config, tmp_path / a, tmp_path / b, tmp_path / judge, prompts, tmp_path / f"out-{judge}-{a}")
+    config = winrate.WinRateConfig.load("tiny", **{"method": "pairwise", **settings})
+    return winrate.run_winrate(config, tmp_path / a, tmp_path / b, tmp_path / judge, prompts, tmp_path / f"out-{judge}-{a}")
 
 
 def test_pairwise_fair_judge_sees_through_order(scripted, tmp_path):
@@ -354,8 +354,10 @@ def test_winrate_errors_before_loading(scripted, tmp_path):
         _winrate(scripted, tmp_path, "judge-fair", judge_template=str(rubric_bad), method="rubric")
     (tmp_path / "out-judge-fair-model-good").mkdir()
     (tmp_path / "out-judge-fair-model-good" / "metrics.json").write_text("{}")
-    with pytest.raises(SrlmError, match="already exists"):
-        _winrate(scripted, tmp_path, "judge-fair")
+    with pytest.raises(SrlmError, match="already exists"):  # the stage adapter refuses it before any model loads
+        stages.run_stage("winrate", {"preset": "tiny"}, model_a=str(tmp_path / "model-good"),
+                         model_b=str(tmp_path / "model-bad"), judge_model=str(tmp_path / "judge-fair"),
+                         prompts=str(scripted), out=str(tmp_path / "out-judge-fair-model-good"))
     assert ScriptedGenerator.loaded == []
 
 
@@ -366,14 +368,15 @@ def _write(path: Path, text: str) -> Path:
 
 def test_export_alpaca_scripted(scripted, tmp_path):
     out = tmp_path / "alpaca" / "model_outputs.json"
-    config = ev.WinRateConfig.load("tiny", export_max_prompts=3)
-    stats = ev.export_alpaca(config, tmp_path / "model-good", scripted, out)
+    config = winrate.WinRateConfig.load("tiny", export_max_prompts=3)
+    stats = winrate.export_alpaca(config, tmp_path / "model-good", scripted, out)
     rows = json.loads(out.read_text())
     assert stats["prompts"] == 3 and stats["generator"] == "model-good"
     expected = {"instruction": "task 0", "output": "model-good answer", "generator": "model-good", "dataset": "demo"}
     assert rows[0] == expected
     with pytest.raises(SrlmError, match="already exists"):
-        ev.export_alpaca(ev.WinRateConfig.load("tiny"), tmp_path / "model-good", scripted, out)
+        stages.run_stage("export_alpaca", {"preset": "tiny"}, model=str(tmp_path / "model-good"), prompts=str(scripted),
+                         out=str(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +384,7 @@ def test_export_alpaca_scripted(scripted, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_rm_outputs(out: Path, m: dict, config: ev.RMEvalConfig) -> None:
+def _check_rm_outputs(out: Path, m: dict, config: rm_eval.RMEvalConfig) -> None:
     assert {p.name for p in out.iterdir()} == {"metrics.json", "judgements.jsonl", "report.md"}
     assert json.loads((out / "metrics.json").read_text())["counts"] == m["counts"]
     counts, judge = m["counts"], m["judge"]
@@ -405,22 +408,22 @@ def _check_rm_outputs(out: Path, m: dict, config: ev.RMEvalConfig) -> None:
 
 @pytest.mark.slow
 def test_run_rm_tiny_model(tiny_model, seed_dir, tmp_path):
-    config = ev.RMEvalConfig.load("tiny", max_items=4, threads=1)
+    config = rm_eval.RMEvalConfig.load("tiny", max_items=4, threads=1)
     out = tmp_path / "rm"
-    m = ev.run_rm(config, tiny_model, seed_dir / "eft_eval.jsonl", out)
+    m = rm_eval.run_rm(config, tiny_model, seed_dir / "eft_eval.jsonl", out)
     assert m["counts"]["prompts"] == min(4, len(read_jsonl(seed_dir / "eft_eval.jsonl")))
     _check_rm_outputs(out, m, config)
     with pytest.raises(SrlmError, match="already exists"):
-        ev.run_rm(config, tiny_model, seed_dir / "eft_eval.jsonl", out)
+        stages.run_stage("eval_rm", {"preset": "tiny"}, model=str(tiny_model), eft_eval=str(seed_dir), out=str(out))
 
 
 @pytest.mark.slow
 def test_run_rm_sft_model(request, seed_dir, tmp_path):
     pytest.importorskip("srlm.training")
     sft_model = request.getfixturevalue("sft_model")
-    config = ev.RMEvalConfig.load("tiny", threads=1)
+    config = rm_eval.RMEvalConfig.load("tiny", threads=1)
     out = tmp_path / "rm-m1"
-    m = ev.run_rm(config, sft_model, seed_dir / "eft_eval.jsonl", out)
+    m = rm_eval.run_rm(config, sft_model, seed_dir / "eft_eval.jsonl", out)
     _check_rm_outputs(out, m, config)
 
 
@@ -439,9 +442,9 @@ def few_prompts(tmp_path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["pairwise", "rubric"])
 def test_run_winrate_tiny_model(tiny_model, few_prompts, tmp_path, method):
-    config = ev.WinRateConfig.load("tiny", method=method, judge_samples=2, threads=1)
+    config = winrate.WinRateConfig.load("tiny", method=method, judge_samples=2, threads=1)
     out = tmp_path / f"winrate-{method}"
-    m = ev.run_winrate(config, tiny_model, tiny_model, tiny_model, few_prompts, out)
+    m = winrate.run_winrate(config, tiny_model, tiny_model, tiny_model, few_prompts, out)
     assert m["wins"] + m["ties"] + m["losses"] == m["prompts"] == 3
     assert m["win_pct"] + m["tie_pct"] + m["loss_pct"] == pytest.approx(100.0)
     assert m["mean_length_a"] > 0 and m["mean_length_b"] > 0
@@ -458,8 +461,8 @@ def test_run_winrate_tiny_model(tiny_model, few_prompts, tmp_path, method):
 def test_run_winrate_sft_vs_m0(request, tiny_model, few_prompts, tmp_path):
     pytest.importorskip("srlm.training")
     sft_model = request.getfixturevalue("sft_model")
-    config = ev.WinRateConfig.load("tiny", threads=1)
-    m = ev.run_winrate(config, sft_model, tiny_model, sft_model, few_prompts, tmp_path / "wr")
+    config = winrate.WinRateConfig.load("tiny", threads=1)
+    m = winrate.run_winrate(config, sft_model, tiny_model, sft_model, few_prompts, tmp_path / "wr")
     assert m["wins"] + m["ties"] + m["losses"] == 3
     assert m["run"]["lineage"]["a"].get("stage") == "sft"
 
@@ -467,8 +470,8 @@ def test_run_winrate_sft_vs_m0(request, tiny_model, few_prompts, tmp_path):
 @pytest.mark.slow
 def test_export_alpaca_tiny_model(tiny_model, few_prompts, tmp_path):
     out = tmp_path / "model_outputs.json"
-    config = ev.WinRateConfig.load("tiny", threads=1)
-    stats = ev.export_alpaca(config, tiny_model, few_prompts, out, generator_name="m0")
+    config = winrate.WinRateConfig.load("tiny", threads=1)
+    stats = winrate.export_alpaca(config, tiny_model, few_prompts, out, generator_name="m0")
     rows = json.loads(out.read_text(encoding="utf-8"))
     assert isinstance(rows, list) and len(rows) == 3 == stats["prompts"]
     assert set(rows[0]) == {"instruction", "output", "generator", "dataset"}

@@ -336,9 +336,9 @@ def test_make_images_and_push_pass_registry_and_tag_through():
             assert "--build-arg REGISTRY=r.example/x" in line  # FROM ${REGISTRY}/srlm-base:${VERSION}
 
 
-def _compiled_images() -> set[str]:
+def _compiled_images(*extra: Path) -> set[str]:
     refs = set()
-    for path in sorted((ROOT / "pipelines" / "compiled").glob("*.yaml")):
+    for path in [*sorted((ROOT / "pipelines" / "compiled").glob("*.yaml")), *extra]:
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             executors = ((doc or {}).get("deploymentSpec") or {}).get("executors") or {}
             for executor in executors.values():
@@ -348,10 +348,14 @@ def _compiled_images() -> set[str]:
     return refs
 
 
-def test_every_image_the_pipeline_uses_is_built_and_every_stage_image_is_used():
+def test_every_image_the_pipeline_uses_is_built_and_every_stage_image_is_used(tmp_path):
+    from pipelines import compile as pc
+
     built = {image.ref for image in PLAN}
     stage_refs = {image.ref for image in PLAN if image.kind == "stage"}
-    used = _compiled_images()
+    # the committed YAMLs, plus the fan-out (shards > 1), whose merge tasks run the merge image
+    fanned_out = pc.compile_pipeline(pc.settings_for("cluster", {"shards": 2}), tmp_path / "k2.yaml")
+    used = _compiled_images(fanned_out)
     if not used:  # no compiled pipeline yet: what the components would reference
         used = {component_images.image(key) for key in SPEC["images"] if key != "base"}
     missing = sorted(used - built)
@@ -457,22 +461,23 @@ class Gate(importlib.abc.MetaPathFinder):  # blocked modules are simply not foun
                 yield from finder.find_distributions(context) if context is not None else finder.find_distributions()
 
 sys.meta_path[:] = [Gate()]
-from srlm import steps
-for group, keys in steps.CONFIGS.items():
+from srlm import stages
+for group, keys in stages.GROUPS.items():
     for key in keys:
-        steps.config_class(group, key)
-from srlm import tracking, pairs, seed_data, oasst, modeldir  # noqa: F401
+        stages.group_config(group, {"preset": "tiny"}, key)
+from srlm import tracking, model_registry, pairs, seed_data, oasst, modeldir  # noqa: F401
 import mlflow.tracking, mlflow.entities, mlflow.exceptions, mlflow.artifacts  # noqa: F401
 import pyarrow.parquet, datasets, yaml, kfp.dsl  # noqa: F401
 
 tmp = Path(tempfile.mkdtemp(dir="."))  # the test runs this in its tmp_path
-off = {"enabled": False}
 tiny = {"preset": "tiny"}
-steps.validate(tiny, tiny, tiny, tiny, tiny, tiny, off, base_model_kind="tiny", eft_build=False, iterations=2)
-steps.seed_data(tiny, str(tmp / "seed"), off)
+groups = {name: tiny for name in stages.GROUPS}
+stages.run_stage("validate", groups={**groups, "mlflow": {"enabled": False}}, base_model_kind="tiny", eft_build=False,
+                 iterations=2)
+stages.run_stage("seed", tiny, out=str(tmp / "seed"))
 replies = [{"text": t, "judge_outputs": [f"Score: {s}"], "scores": [s], "mean": s} for t, s in (("a", 4), ("b", 1))]
 (tmp / "j.jsonl").write_text(json.dumps({"id": "1", "prompt": "p", "replies": replies}) + "\\n")
-steps.pairs(tiny, str(tmp / "j.jsonl"), str(tmp / "pairs.jsonl"), 2, off)
+stages.run_stage("pairs", tiny, judgements=str(tmp / "j.jsonl"), out=str(tmp / "pairs.jsonl"))
 heavy = sorted({"torch", "transformers", "vllm", "trl", "accelerate", "deepspeed"} & set(sys.modules))
 print(json.dumps({"heavy": heavy, "blocked_attempts": sorted(seen)}))
 """
@@ -497,7 +502,7 @@ def test_dockerignore_keeps_the_context_to_what_the_images_need():
                  "tests/test_io.py", "bench.json", "pipelines/compiled/self_rewarding.yaml", "manifests/base/mlflow.yaml",
                  "src/srlm.egg-info/PKG-INFO", "images/.env", "images/constraints/__pycache__/x.pyc"):
         assert not in_build_context(path), f"{path} would be sent to the image builder"
-    for path in ("pyproject.toml", "README.md", "src/srlm/steps.py", "src/srlm/data/seed_ift.jsonl",
+    for path in ("pyproject.toml", "README.md", "src/srlm/stages.py", "src/srlm/data/seed_ift.jsonl",
                  "images/constraints/base.txt", "images/requirements/base.in", "images/requirements/uv.txt"):
         assert in_build_context(path), f"{path} is needed by the images but excluded"
 

@@ -76,7 +76,7 @@ def test_random_scorer_is_seeded_and_loads_no_model(tmp_path):
     assert first == again and first != other
     flat = [s for rec in first for s in rec]
     assert all(1 <= s <= 5 for s in flat) and len(set(flat)) > 5  # means of 3 draws: varied, in range
-    with pytest.raises(SrlmError, match="unknown judge scorer 'coin'"):
+    with pytest.raises(SrlmError, match="scorer: 'coin' is not allowed; choose from 'model', 'random'"):
         judge.JudgeConfig.load("tiny", scorer="coin")
 
 
@@ -90,8 +90,8 @@ def test_named_templates():
 
 def test_derived_judge_keeps_the_engine_settings():
     """Win rate and verifier judges run on the stage's own engine (e.g. a served model over HTTP)."""
-    from srlm.evaluation import WinRateConfig
     from srlm.verifiers import VerifyConfig
+    from srlm.winrate import WinRateConfig
 
     for cls in (WinRateConfig, VerifyConfig):
         config = cls.load("tiny", backend="openai", base_url="http://judge:8000/v1", judge_samples=2,

@@ -18,20 +18,12 @@ if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the reposito
     sys.path.insert(0, str(ROOT))
 
 from pipelines import compile as pc  # noqa: E402
-from pipelines.settings import CACHED, GROUPS, TASK_KINDS  # noqa: E402
+from pipelines.settings import GROUPS  # noqa: E402
+from srlm.stages import TASKS  # noqa: E402
 
 COMPILED = ROOT / "pipelines" / "compiled"
 SDK_LINE = re.compile(r"^\s*sdkVersion: kfp-[\w.]+\s*$", re.MULTILINE)
-# component name (without -<n>) -> stage (pipelines/settings.py) and image key (images/images.json)
-COMPONENT_STAGE = {
-    "validate": ("validate", "validate"), "tiny-model": ("tiny_model", "tiny_model"), "seed-data": ("seed_data", "seed"),
-    "build-eft": ("build_eft", "eft"), "seed-sft": ("sft", "sft"), "generate-prompts": ("prompts", "prompts"),
-    "sample-candidates": ("sample", "sample"), "judge-candidates": ("judge", "judge"), "build-pairs": ("pairs", "pairs"),
-    "dpo": ("dpo", "dpo"), "evaluate": ("evaluate", "evaluate"), "register-model": ("register", "register"),
-    "promote-gate": ("promote", "promote"), "merge-shards": ("merge", "pairs"),
-}
-ITERATION_ORDER = ["generate-prompts", "sample-candidates", "judge-candidates", "build-pairs", "dpo", "evaluate",
-                   "register-model"]
+ITERATION_ORDER = ["prompts", "sample", "judge", "pairs", "dpo", "evaluate", "register"]
 
 
 def strip_sdk(text):
@@ -54,8 +46,19 @@ def tiny():
 
 
 def base(name):
-    """comp-seed-sft-2 / seed-sft-2 / comp-merge-shards-2-2 -> seed-sft / merge-shards."""
+    """comp-sft-2 / sft-2 / comp-merge-2-2 / comp-tiny-model -> sft / merge / tiny-model."""
     return re.sub(r"(-\d+)+$", "", name.removeprefix("comp-"))
+
+
+def stage_of(task):
+    """The registry stage a container task runs: its component is named after it."""
+    return base(task["componentRef"]["name"]).replace("-", "_")
+
+
+def sub_dags(spec, prefix=""):
+    """{display name: (task name, task)} of the root's sub-pipeline tasks whose display name starts with ``prefix``."""
+    return {t["taskInfo"]["name"]: (n, t) for n, t in tasks_of(spec).items()
+            if "dag" in spec["components"][t["componentRef"]["name"]] and t["taskInfo"]["name"].startswith(prefix)}
 
 
 def tasks_of(spec, component=None):
@@ -124,6 +127,7 @@ def test_parameters_are_the_settings_groups(cluster, tiny):
         params = spec["root"]["inputDefinitions"]["parameters"]
         assert sorted(params) == sorted(GROUPS)
         assert {p["parameterType"] for p in params.values()} == {"STRUCT"}
+        assert all(len(p.get("description", "")) > 40 for p in params.values())  # the Args: docs the KFP UI shows
         assert params["training"]["defaultValue"] == {"preset": preset}
 
 
@@ -137,32 +141,44 @@ def test_validation_comes_first_and_everything_depends_on_it(cluster, tiny):
                 assert "validate" in ancestors(tasks, name), name
 
 
-def test_seed_part_order_with_eft_build(cluster):
-    spec, _ = cluster
-    tasks = tasks_of(spec)
-    named = by_display(tasks)
-    order = ["Validate inputs and settings", "M0: import the base model", "SFT baseline (IFT only)", "EFT build",
-             "M1: seed SFT (IFT + EFT)", "Evaluate M1", "Register M1", "Iteration 2", "Iteration 3", "Promotion gate"]
-    for earlier, later in zip(order, order[1:]):
-        assert named[earlier] in ancestors(tasks, named[later]), (earlier, later)
-    assert named["Seed data"] in ancestors(tasks, named["SFT baseline (IFT only)"])
+def test_root_reads_validate_base_model_seed_iterations_gate(cluster, tiny):
+    for spec, _ in (cluster, tiny):
+        tasks = tasks_of(spec)
+        named = by_display(tasks)
+        base_model = "M0: import the base model" if spec is cluster[0] else "M0: build the tiny model"
+        order = ["Validate inputs and settings", base_model, "Seed: M1", "Iteration 2", "Iteration 3", "Promotion gate"]
+        assert sorted(named) == sorted(order)
+        for earlier, later in zip(order, order[1:]):
+            assert named[earlier] in ancestors(tasks, named[later]), (earlier, later)
     # the importer takes the base model URI that validation checked
-    importer = tasks[named["M0: import the base model"]]
+    tasks = tasks_of(cluster[0])
+    importer = tasks[by_display(tasks)["M0: import the base model"]]
     assert importer["inputs"]["parameters"]["uri"]["taskOutputParameter"]["producerTask"] == "validate"
+
+
+def test_seed_sub_dag_order_with_eft_build(cluster):
+    spec, _ = cluster
+    (_, seed), = sub_dags(spec, "Seed").values()
+    inner = tasks_of(spec, seed["componentRef"]["name"])
+    named = by_display(inner)
+    order = ["Seed data", "SFT baseline (IFT only)", "EFT build", "M1: seed SFT (IFT + EFT)", "Evaluate M1",
+             "Register M1"]
+    assert sorted(named) == sorted(order)
+    for earlier, later in zip(order, order[1:]):
+        assert named[earlier] in ancestors(inner, named[later]), (earlier, later)
 
 
 def test_tiny_variant_builds_the_base_model_and_skips_the_eft_build(tiny):
     spec, _ = tiny
-    named = by_display(tasks_of(spec))
-    assert "M0: build the tiny model" in named and "M0: import the base model" not in named
-    assert "EFT build" not in named and "SFT baseline (IFT only)" not in named
+    (_, seed), = sub_dags(spec, "Seed").values()
+    named = by_display(tasks_of(spec, seed["componentRef"]["name"]))
+    assert sorted(named) == ["Evaluate M1", "M1: seed SFT (IFT + EFT)", "Register M1", "Seed data"]
 
 
 def test_one_sub_dag_per_dpo_round_in_order(cluster, tiny):
     for spec, _ in (cluster, tiny):
         tasks = tasks_of(spec)
-        rounds = {t["taskInfo"]["name"]: (n, t) for n, t in tasks.items()
-                  if "dag" in spec["components"][t["componentRef"]["name"]]}
+        rounds = sub_dags(spec, "Iteration")
         assert sorted(rounds) == ["Iteration 2", "Iteration 3"]
         (n2, t2), (n3, t3) = rounds["Iteration 2"], rounds["Iteration 3"]
         assert n2 in t3["dependentTasks"]
@@ -186,12 +202,10 @@ def test_iterations_is_a_compile_time_setting(tmp_path):
         out = pc.compile_pipeline(pc.settings_for("tiny", {"iterations": iterations}), tmp_path / f"{iterations}.yaml")
         spec, _ = load(out)
         tasks = tasks_of(spec)
-        rounds = sorted(t["taskInfo"]["name"] for t in tasks.values()
-                        if "dag" in spec["components"][t["componentRef"]["name"]])
-        assert rounds == expected
+        assert sorted(sub_dags(spec, "Iteration")) == expected
         named = by_display(tasks)
         gate = tasks[named["Promotion gate"]]
-        last = named["Register M1"] if iterations == 1 else named[f"Iteration {iterations}"]
+        last = named["Seed: M1"] if iterations == 1 else named[f"Iteration {iterations}"]
         assert gate["inputs"]["parameters"]["version"]["taskOutputParameter"]["producerTask"] == last
 
 
@@ -200,7 +214,7 @@ def test_shards_fan_out_sampling_and_judging_in_every_round(tmp_path, cluster, t
     (each shard a GPU task, the merges CPU tasks); K = 1 (the committed YAMLs) has no loop and no merge."""
     for spec, _ in (cluster, tiny):
         for name, comp in spec["components"].items():
-            assert not name.startswith(("comp-for-loop", "comp-merge-shards")), name
+            assert not name.startswith(("comp-for-loop", "comp-merge")), name
             for task in comp.get("dag", {}).get("tasks", {}).values():
                 assert "parameterIterator" not in task and "shard" not in task["inputs"].get("parameters", {})
     out = pc.compile_pipeline(pc.settings_for("cluster", {"shards": 3}), tmp_path / "k3.yaml")
@@ -210,19 +224,19 @@ def test_shards_fan_out_sampling_and_judging_in_every_round(tmp_path, cluster, t
     assert len(rounds) == 2
     for round_task in rounds:
         inner = tasks_of(spec, round_task["componentRef"]["name"])
-        names = {base(n) if not n.startswith("merge-shards") else n: n for n in inner}
+        names = {base(n) if not n.startswith("merge") else n: n for n in inner}
         loops = {t["taskInfo"]["name"]: (n, t) for n, t in inner.items() if "parameterIterator" in t}
         assert sorted(loops) == ["Sample candidates: 3 shards", "Self-judge: 3 shards"]
-        merges = {t["inputs"]["parameters"]["kind"]["runtimeValue"]["constant"]: (n, t)
-                  for n, t in inner.items() if base(n) == "merge-shards"}
-        assert sorted(merges) == ["candidates", "judgements"]
-        order = [names["generate-prompts"], loops["Sample candidates: 3 shards"][0], merges["candidates"][0],
-                 loops["Self-judge: 3 shards"][0], merges["judgements"][0], names["build-pairs"]]
+        merges = {t["inputs"]["parameters"]["stage"]["runtimeValue"]["constant"]: (n, t)
+                  for n, t in inner.items() if base(n) == "merge"}
+        assert sorted(merges) == ["judge", "sample"]
+        order = [names["prompts"], loops["Sample candidates: 3 shards"][0], merges["sample"][0],
+                 loops["Self-judge: 3 shards"][0], merges["judge"][0], names["pairs"]]
         for earlier, later in zip(order, order[1:]):
             assert earlier in ancestors(inner, later), (earlier, later)
         for (loop_name, loop), (kind, component, output) in zip(
             (loops["Sample candidates: 3 shards"], loops["Self-judge: 3 shards"]),
-            (("candidates", "sample-candidates", "candidates"), ("judgements", "judge-candidates", "judgements")),
+            (("sample", "sample", "candidates"), ("judge", "judge", "judgements")),
         ):
             assert json.loads(loop["parameterIterator"]["items"]["raw"]) == [0, 1, 2]
             body = tasks_of(spec, loop["componentRef"]["name"])
@@ -250,10 +264,10 @@ def test_shards_fan_out_sampling_and_judging_in_every_round(tmp_path, cluster, t
         judge_body = tasks_of(spec, loops["Self-judge: 3 shards"][1]["componentRef"]["name"])
         assert loops["Self-judge: 3 shards"][1]["inputs"]["artifacts"][
             next(iter(judge_body.values()))["inputs"]["artifacts"]["candidates"]["componentInputArtifact"]
-        ]["taskOutputArtifact"] == {"outputArtifactKey": "merged", "producerTask": merges["candidates"][0]}
-        assert inner[names["build-pairs"]]["inputs"]["artifacts"]["judgements"]["taskOutputArtifact"] == {
-            "outputArtifactKey": "merged", "producerTask": merges["judgements"][0]}
-    assert "merge" in TASK_KINDS and TASK_KINDS["merge"] == "cpu" and "merge" not in CACHED
+        ]["taskOutputArtifact"] == {"outputArtifactKey": "merged", "producerTask": merges["sample"][0]}
+        assert inner[names["pairs"]]["inputs"]["artifacts"]["judgements"]["taskOutputArtifact"] == {
+            "outputArtifactKey": "merged", "producerTask": merges["judge"][0]}
+    assert TASKS["merge"].resources == "cpu" and not TASKS["merge"].cached
 
 
 def test_shards_setting_is_validated():
@@ -268,7 +282,7 @@ def test_every_task_runs_its_stages_image_from_images_json(cluster, tiny):
     for spec, _ in (cluster, tiny):
         for _, name, task in container_tasks(spec):
             _, ex = executor(spec, task)
-            _, key = COMPONENT_STAGE[base(task["componentRef"]["name"])]
+            key = stage_of(task)
             assert ex["container"]["image"] == f"{images['registry']}/{images['images'][key]}:{images['tag']}", name
             assert "pip install" not in " ".join(ex["container"]["command"]), name
 
@@ -276,20 +290,19 @@ def test_every_task_runs_its_stages_image_from_images_json(cluster, tiny):
 def test_caching_only_for_deterministic_tasks(cluster, tiny):
     for spec, _ in (cluster, tiny):
         for dag, name, task in container_tasks(spec):
-            stage, _ = COMPONENT_STAGE[base(task["componentRef"]["name"])]
             cached = task.get("cachingOptions", {}).get("enableCache", False)
-            assert cached == (stage in CACHED), (dag, name)
-    assert {"sample", "judge", "prompts", "register", "promote", "validate", "sft", "dpo"}.isdisjoint(CACHED)
+            assert cached == TASKS[stage_of(task)].cached, (dag, name)
+    assert {name for name, stage in TASKS.items() if stage.cached} == {"tiny_model", "seed", "pairs"}
 
 
 def test_gpu_tasks_request_gpus_with_tolerations_and_node_selector(cluster, tiny):
     spec, platform = cluster
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    gpu_stages = {s for s, kind in TASK_KINDS.items() if kind != "cpu"}
+    gpu_stages = {name for name, stage in TASKS.items() if stage.resources != "cpu"}
     assert {"sft", "dpo", "sample", "judge", "prompts", "evaluate"} <= gpu_stages
     seen = set()
     for _, name, task in container_tasks(spec):
-        stage, _ = COMPONENT_STAGE[base(task["componentRef"]["name"])]
+        stage = stage_of(task)
         label, ex = executor(spec, task)
         accelerator = ex["container"].get("resources", {}).get("accelerator")
         if stage in gpu_stages:

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from srlm import SrlmError, judge, sampling, steps
+from srlm import SrlmError, judge, sampling, stages
+from srlm.context import RunContext
 from srlm.io import read_jsonl, write_jsonl
 from srlm.shards import gather, read_shard, write_shard
 
@@ -19,6 +20,21 @@ def prompts_file(path, prompts=PROMPTS):
     return path
 
 
+AT_2 = RunContext(iteration=2)
+
+
+def sample(model, prompts, out, **shard):
+    return stages.run_stage("sample", SAMPLING, AT_2, model=str(model), prompts=str(prompts), out=str(out), **shard)
+
+
+def judge_step(model, candidates, out, **shard):
+    return stages.run_stage("judge", JUDGING, AT_2, model=str(model), candidates=str(candidates), out=str(out), **shard)
+
+
+def merge(stage, paths, out):
+    return stages.run_stage("merge", None, AT_2, stage=stage, shard_files=[str(p) for p in paths], out=str(out))
+
+
 def shard_paths(tmp_path, name, shards):
     return [tmp_path / f"{name}-{k}-of-{shards}.jsonl" for k in range(shards)]
 
@@ -28,30 +44,30 @@ def shard_paths(tmp_path, name, shards):
 
 @pytest.mark.slow
 def test_sharded_sampling_and_judging_merge_to_the_unsharded_files(tmp_path, sft_model):
-    """steps.sample / steps.judge with K = 3 shards (then K = 2) + steps.merge == K = 1, byte for byte."""
+    """The sample and judge stages with K = 3 shards (then K = 2) + the merge stage == K = 1, byte for byte."""
     prompts = prompts_file(tmp_path / "prompts.jsonl")
     candidates, judgements = tmp_path / "candidates.jsonl", tmp_path / "judgements.jsonl"
-    plain_sample = steps.sample(SAMPLING, str(sft_model), str(prompts), str(candidates), 2)
-    plain_judge = steps.judge(JUDGING, str(sft_model), str(candidates), str(judgements), 2)
+    plain_sample = sample(sft_model, prompts, candidates)
+    plain_judge = judge_step(sft_model, candidates, judgements)
     assert plain_judge["replies"] == 20 and plain_judge["unscored_replies"] < 20
 
     for shards in (3, 2):
         parts = shard_paths(tmp_path, "candidates", shards)
-        shard_stats = [steps.sample(SAMPLING, str(sft_model), str(prompts), str(p), 2, shard=k, shards=shards)
+        shard_stats = [sample(sft_model, prompts, p, shard=k, shards=shards)
                        for k, p in enumerate(parts)]
         assert sum(s["prompts"] for s in shard_stats) == 10 and all(s["shards"] == shards for s in shard_stats)
         merged = tmp_path / f"candidates-merged-{shards}.jsonl"
-        merged_stats = steps.merge("candidates", [str(p) for p in reversed(parts)], str(merged), 2)  # any order
+        merged_stats = merge("sample", reversed(parts), merged)  # any order
         assert merged.read_bytes() == candidates.read_bytes()
         assert {k: v for k, v in merged_stats.items() if k not in ("shards", "wall_seconds")} == {
             k: v for k, v in plain_sample.items() if k != "wall_seconds"}
 
         jparts = shard_paths(tmp_path, "judgements", shards)
-        judged = [steps.judge(JUDGING, str(sft_model), str(merged), str(p), 2, shard=k, shards=shards)
+        judged = [judge_step(sft_model, merged, p, shard=k, shards=shards)
                   for k, p in enumerate(jparts)]
         assert sum(s["replies"] for s in judged) == 20
         jmerged = tmp_path / f"judgements-merged-{shards}.jsonl"
-        jstats = steps.merge("judgements", [str(p) for p in jparts], str(jmerged), 2)
+        jstats = merge("judge", jparts, jmerged)
         assert jmerged.read_bytes() == judgements.read_bytes()
         assert {k: v for k, v in jstats.items() if k not in ("shards", "wall_seconds")} == {
             k: v for k, v in plain_judge.items() if k != "wall_seconds"}
@@ -90,7 +106,7 @@ def test_random_scorer_shards_merge_to_the_unsharded_file(tmp_path):
     for shards in (2, 5, 25):  # 25 > 18 replies: some shards are empty
         parts = shard_paths(tmp_path, "j", shards)
         for k, part in enumerate(parts):
-            judge.run(config, tmp_path / "no-model", candidates, part, shard=(k, shards), overwrite=True)
+            judge.run(config, tmp_path / "no-model", candidates, part, shard=(k, shards))
         out = tmp_path / f"merged-{shards}.jsonl"
         stats = judge.merge_shards(random.Random(shards).sample(parts, shards), out)
         assert out.read_bytes() == (tmp_path / "plain.jsonl").read_bytes(), shards
@@ -184,11 +200,11 @@ def test_judge_merge_checks_every_reply_for_a_score(tmp_path):
     assert not (tmp_path / "none.jsonl").exists()
 
 
-def test_steps_reject_bad_shard_settings(tmp_path):
+def test_stages_reject_bad_shard_settings(tmp_path):
     with pytest.raises(SrlmError, match="out of range"):
-        steps.sample({"preset": "tiny"}, "m", "p", str(tmp_path / "o"), 2, shard=2, shards=2)
-    with pytest.raises(SrlmError, match="unknown kind 'pairs'"):
-        steps.merge("pairs", [], str(tmp_path / "o"), 2)
+        stages.run_stage("sample", {"preset": "tiny"}, model="m", prompts="p", out=str(tmp_path / "o"), shard=2, shards=2)
+    with pytest.raises(SrlmError, match="unknown stage 'pairs'"):
+        merge("pairs", [], tmp_path / "o")
 
 
 # --------------------------------------------------------------------------- kfp.local: the fan-out as compiled
@@ -198,7 +214,7 @@ def test_steps_reject_bad_shard_settings(tmp_path):
 @pytest.mark.filterwarnings("ignore:You may be attemping to run a task", "ignore:.*have no effect in the current local")
 def test_kfp_local_runs_the_compiled_fan_out(tmp_path, sft_model):
     """pipelines/iteration.py's fan-out (K = 2, inside a sub-pipeline as in the real DAG) compiled and run by
-    kfp.local: ParallelFor shard tasks, dsl.Collected into merge_shards, files identical to the K = 1 steps."""
+    kfp.local: ParallelFor shard tasks, dsl.Collected into the merge, files identical to the K = 1 stages."""
     import sys
     from pathlib import Path
 
@@ -234,12 +250,12 @@ def test_kfp_local_runs_the_compiled_fan_out(tmp_path, sft_model):
                workspace_root=str(tmp_path / "workspace"))
     task = load_component_from_file(str(compiled))(sampling=SAMPLING, judging=JUDGING)
     merged_judgements = Path(task.output.path)
-    merged_candidates = next(p for p in (tmp_path / "kfp").rglob("merged") if p.parent.name == "merge-shards")
+    merged_candidates = next(p for p in (tmp_path / "kfp").rglob("merged") if p.parent.name == "merge")
     shard_files = sorted(p for p in (tmp_path / "kfp").rglob("candidates") if "iteration-" in str(p))
     assert len(shard_files) == 2 and all(read_shard(p, "candidates")[0].shards == 2 for p in shard_files)
 
     candidates, judgements = tmp_path / "candidates.jsonl", tmp_path / "judgements.jsonl"
-    steps.sample(SAMPLING, str(sft_model), str(prompts), str(candidates), 2)
-    steps.judge(JUDGING, str(sft_model), str(candidates), str(judgements), 2)
+    sample(sft_model, prompts, candidates)
+    judge_step(sft_model, candidates, judgements)
     assert merged_candidates.read_bytes() == candidates.read_bytes()
     assert merged_judgements.read_bytes() == judgements.read_bytes()

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from srlm import cli, tracking
+from srlm import cli, model_registry, promotion, tracking
 from srlm.errors import SrlmError
 from srlm.metrics import numeric_metrics
 from srlm.modeldir import write_lineage
-from srlm.tracking import PromotionRule
+from srlm.promotion import PromotionRule
 
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 
@@ -169,9 +169,9 @@ def test_flattening_keeps_params_and_numeric_metrics():
 
 
 def test_rule_rejects_unknown_metrics_and_bad_values():
-    with pytest.raises(SrlmError, match="unknown promotion metric 'bogus'"):
+    with pytest.raises(SrlmError, match="metric: 'bogus' is not allowed; choose from 'win_rate', 'adjusted_win_rate'"):
         PromotionRule.load(metric="bogus")
-    with pytest.raises(SrlmError, match="unknown RM metric 'accuracy'"):
+    with pytest.raises(SrlmError, match="rm_metric: 'accuracy' is not allowed; choose from 'pairwise_accuracy'"):
         PromotionRule.load(rm_metric="accuracy")
     with pytest.raises(SrlmError, match="fraction"):
         PromotionRule.load(min_win_rate=55)
@@ -181,37 +181,37 @@ def test_rule_rejects_unknown_metrics_and_bad_values():
 def test_rule_evaluation():
     rule = PromotionRule()
     good = {"adjusted_win_rate_vs_previous": 0.6, "pairwise_accuracy": 0.69}
-    holds, reason, compared, _ = tracking.evaluate_rule(rule, good, {"pairwise_accuracy": 0.70}, champion_is_parent=True)
+    holds, reason, compared, _ = promotion.evaluate_rule(rule, good, {"pairwise_accuracy": 0.70}, champion_is_parent=True)
     assert holds and compared["win_rate"]["key"] == "adjusted_win_rate_vs_previous"
     # the RM metric drops by more than the tolerance
-    holds, reason, compared, _ = tracking.evaluate_rule(rule, good, {"pairwise_accuracy": 0.75}, champion_is_parent=True)
+    holds, reason, compared, _ = promotion.evaluate_rule(rule, good, {"pairwise_accuracy": 0.75}, champion_is_parent=True)
     assert holds is False and "drops more than" in reason and compared["rm"]["ok"] is False
     # "vs previous" does not count when the champion is not the parent; "vs champion" does
-    holds, reason, _, missing = tracking.evaluate_rule(rule, good, {"pairwise_accuracy": 0.7}, champion_is_parent=False)
+    holds, reason, _, missing = promotion.evaluate_rule(rule, good, {"pairwise_accuracy": 0.7}, champion_is_parent=False)
     assert holds is None and "adjusted_win_rate_vs_champion" in reason and len(missing) == 1
     pinned = {**good, "adjusted_win_rate_vs_v7": 0.55}
-    holds, _, compared, _ = tracking.evaluate_rule(
+    holds, _, compared, _ = promotion.evaluate_rule(
         rule, pinned, {"pairwise_accuracy": 0.7}, champion_is_parent=False, champion_version="7"
     )
     assert holds and compared["win_rate"]["key"] == "adjusted_win_rate_vs_v7"
     fresh = {**good, "adjusted_win_rate_vs_champion": 0.4}
-    holds, reason, _, _ = tracking.evaluate_rule(rule, fresh, {"pairwise_accuracy": 0.7}, champion_is_parent=True)
+    holds, reason, _, _ = promotion.evaluate_rule(rule, fresh, {"pairwise_accuracy": 0.7}, champion_is_parent=True)
     assert holds is False and "0.400 < 0.5" in reason
     # missing RM metric on the champion's side
-    holds, reason, _, missing = tracking.evaluate_rule(rule, good, {}, champion_is_parent=True)
+    holds, reason, _, missing = promotion.evaluate_rule(rule, good, {}, champion_is_parent=True)
     assert holds is None and missing == ["champion has no pairwise_accuracy"]
 
 
 def test_head_to_head_metrics():
     stats = {"prompts": 10, "wins": 4, "ties": 2, "losses": 4}
-    assert tracking.head_to_head_metrics(stats) == {
+    assert promotion.head_to_head_metrics(stats) == {
         "win_rate_vs_previous": 0.4,
         "adjusted_win_rate_vs_previous": 0.5,
         "tie_rate_vs_previous": 0.2,
         "loss_rate_vs_previous": 0.4,
     }
     with pytest.raises(SrlmError, match="0 prompts"):
-        tracking.head_to_head_metrics({"prompts": 0, "wins": 0, "ties": 0, "losses": 0})
+        promotion.head_to_head_metrics({"prompts": 0, "wins": 0, "ties": 0, "losses": 0})
 
 
 # --------------------------------------------------------------------------- SQLite store
@@ -276,14 +276,14 @@ def test_register_by_reference_aliases_and_promotion(sqlite, tmp_path):
     m3 = _fake_model(tmp_path, "m3", data, parent=m2)
     run_id = tracking.log_stage("srlm-test", "kfp-run-3", "register", {}, {}, iteration=1)
 
-    v1 = tracking.register_model(name, str(m1), 1, run_id=run_id, tags={"kfp_run_id": "kfp-run-3"},
+    v1 = model_registry.register_model(name, str(m1), 1, run_id=run_id, tags={"kfp_run_id": "kfp-run-3"},
                                  metrics={"pairwise_accuracy": 0.60, "mean_length": 120})
-    v2 = tracking.register_model(name, m2.as_uri(), 2, parent_version=v1,
+    v2 = model_registry.register_model(name, m2.as_uri(), 2, parent_version=v1,
                                  metrics={"pairwise_accuracy": 0.65, "adjusted_win_rate_vs_previous": 0.40})
-    v3 = tracking.register_model(name, m3.as_uri(), 3, parent_version=v2,
+    v3 = model_registry.register_model(name, m3.as_uri(), 3, parent_version=v2,
                                  metrics={"pairwise_accuracy": 0.64, "adjusted_win_rate_vs_previous": 0.70})
     assert (v1, v2, v3) == ("1", "2", "3")
-    assert tracking.register_model(name, str(m1), 1, run_id=run_id) == v1  # a retried task adds no version
+    assert model_registry.register_model(name, str(m1), 1, run_id=run_id) == v1  # a retried task adds no version
 
     client = _client()
     mv1, mv3 = client.get_model_version(name, v1), client.get_model_version(name, v3)
@@ -299,10 +299,10 @@ def test_register_by_reference_aliases_and_promotion(sqlite, tmp_path):
     copied = [p for p in sqlite["root"].rglob("*") if p.name in MODEL_FILES]
     assert copied == []
 
-    first = tracking.promote(name, v1)
+    first = model_registry.promote(name, v1)
     assert first["promoted"] and first["champion_before"] is None and first["champion_after"] == "1"
 
-    worse = tracking.promote(name, v2)  # 0.40 vs previous (= the champion)
+    worse = model_registry.promote(name, v2)  # 0.40 vs previous (= the champion)
     assert not worse["promoted"] and worse["champion_after"] == "1" and worse["compared"]["win_rate"]["challenger"] == 0.4
     aliases = _aliases(name)
     assert aliases["challenger"] == "2" and aliases["champion"] == "1"
@@ -310,14 +310,14 @@ def test_register_by_reference_aliases_and_promotion(sqlite, tmp_path):
 
     # v3's "vs previous" is against v2, not the champion v1: the rule cannot be evaluated
     with pytest.raises(SrlmError, match="adjusted_win_rate_vs_champion") as e:
-        tracking.promote(name)
+        model_registry.promote(name)
     assert "version 3 vs champion 1" in str(e.value)
     assert _aliases(name)["challenger"] == "2"  # nothing changed
-    lenient = tracking.promote(name, rule=PromotionRule.load(require_metrics=False))
+    lenient = model_registry.promote(name, rule=PromotionRule.load(require_metrics=False))
     assert not lenient["promoted"] and "cannot evaluate" in lenient["reason"]
     assert _aliases(name)["challenger"] == "3"
 
-    better = tracking.promote(name, metrics={"adjusted_win_rate_vs_champion": 0.7})
+    better = model_registry.promote(name, metrics={"adjusted_win_rate_vs_champion": 0.7})
     assert better["promoted"] and better["champion_before"] == "1" and better["champion_after"] == "3"
     assert better["compared"]["rm"] == {"metric": "pairwise_accuracy", "challenger": 0.64, "champion": 0.6,
                                         "tolerance": 0.02, "ok": True}
@@ -327,28 +327,35 @@ def test_register_by_reference_aliases_and_promotion(sqlite, tmp_path):
     assert tags["metric.adjusted_win_rate_vs_v1"] == "0.7" and "metric.adjusted_win_rate_vs_champion" not in tags
     assert tags["promotion.promoted"] == "true" and "rule holds" in tags["promotion.reason"]
 
-    champion = tracking.get_version(name, alias="champion")
+    champion = model_registry.get_version(name, alias="champion")
     assert champion["version"] == "3" and champion["source"] == m3.as_uri() and "champion" in champion["aliases"]
-    assert tracking.get_version(name, "9") is None and tracking.get_version("no-such-model", alias="champion") is None
+    assert model_registry.get_version(name, "9") is None and model_registry.get_version("no-such-model", alias="champion") is None
 
     with pytest.raises(SrlmError, match="has no version 9"):
-        tracking.promote(name, "9")
+        model_registry.promote(name, "9")
     with pytest.raises(SrlmError, match="not found"):
-        tracking.promote("no-such-model")
+        model_registry.promote("no-such-model")
     with pytest.raises(SrlmError, match="model directory not found"):
-        tracking.register_model(name, str(tmp_path / "missing"), 4)
+        model_registry.register_model(name, str(tmp_path / "missing"), 4)
 
 
 def test_cli_promote(sqlite, tmp_path, capsys):
     model = _fake_model(tmp_path, "m1", sqlite["data"])
-    tracking.register_model("srlm-cli", str(model), 1, metrics={"pairwise_accuracy": 0.5})
+    model_registry.register_model("srlm-cli", str(model), 1, metrics={"pairwise_accuracy": 0.5})
     assert cli.main(["promote", "--name", "srlm-cli", "--min-win-rate", "0.6"]) == 0
     decision = json.loads(capsys.readouterr().out)
     assert decision["promoted"] and decision["champion_after"] == "1" and decision["rule"]["min_win_rate"] == 0.6
 
-    assert cli.main(["promote", "--name", "srlm-cli", "--metric", "bogus"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # the flag lists its choices
+        cli.main(["promote", "--name", "srlm-cli", "--metric", "bogus"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("srlm promote: error: unknown promotion metric 'bogus'") and "\n" not in err
+    assert err.endswith("argument --metric: invalid choice: 'bogus' (choose from 'win_rate', 'adjusted_win_rate')"), err
+    rule = tmp_path / "rule.yaml"
+    rule.write_text("metric: bogus\n")  # a value from a file is checked against the same list
+    assert cli.main(["promote", "--name", "srlm-cli", "--config", str(rule)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("srlm promote: error: config: metric: 'bogus' is not allowed") and "\n" not in err
 
 
 # --------------------------------------------------------------------------- tracking server
@@ -384,18 +391,18 @@ def test_server_registration_and_promotion(server, tmp_path):
     assert artifact_uri.startswith("mlflow-artifacts:/")
 
     # runs:/ and mlflow-artifacts:/ sources: the run id is taken from the URI
-    v1 = tracking.register_model(name, f"runs:/{r1}/model", 1, metrics={"pairwise_accuracy": 0.6})
-    v2 = tracking.register_model(name, f"{artifact_uri}/model", 2, parent_version=v1,
+    v1 = model_registry.register_model(name, f"runs:/{r1}/model", 1, metrics={"pairwise_accuracy": 0.6})
+    v2 = model_registry.register_model(name, f"{artifact_uri}/model", 2, parent_version=v1,
                                  metrics={"pairwise_accuracy": 0.55, "adjusted_win_rate_vs_previous": 0.9})
-    assert tracking.promote(name, v1)["promoted"]
-    worse = tracking.promote(name, v2)  # wins, but pairwise accuracy drops 0.05 > 0.02
+    assert model_registry.promote(name, v1)["promoted"]
+    worse = model_registry.promote(name, v2)  # wins, but pairwise accuracy drops 0.05 > 0.02
     assert not worse["promoted"] and worse["compared"]["rm"]["ok"] is False
 
     # an object-store URI (a KFP artifact on a cluster) is registered as it is, by reference;
     # its win rate "vs champion" is stored against the champion of that moment (v1)
-    v3 = tracking.register_model(name, "s3://mlpipeline/v2/artifacts/run/dpo/model", 3, parent_version=v2,
+    v3 = model_registry.register_model(name, "s3://mlpipeline/v2/artifacts/run/dpo/model", 3, parent_version=v2,
                                  metrics={"pairwise_accuracy": 0.62, "adjusted_win_rate_vs_champion": 0.6})
-    v4 = tracking.register_model(name, "minio://mlpipeline/v2/artifacts/run/dpo2/model", 4)
+    v4 = model_registry.register_model(name, "minio://mlpipeline/v2/artifacts/run/dpo2/model", 4)
     assert (v1, v2, v3, v4) == ("1", "2", "3", "4")
     assert client.get_model_version(name, v3).tags["metric.adjusted_win_rate_vs_v1"] == "0.6"
     mv1, mv2 = client.get_model_version(name, v1), client.get_model_version(name, v2)
@@ -411,11 +418,11 @@ def test_server_registration_and_promotion(server, tmp_path):
 
     # a local path is refused by a server: a clear error, or an explicit upload
     with pytest.raises(SrlmError, match="does not accept a local path"):
-        tracking.register_model(name, str(m2), 5)
-    v5 = tracking.register_model("srlm-server-upload", str(m2), 2, run_id=r2, upload_local=True, artifact_path="m2")
+        model_registry.register_model(name, str(m2), 5)
+    v5 = model_registry.register_model("srlm-server-upload", str(m2), 2, run_id=r2, upload_local=True, artifact_path="m2")
     assert client.get_model_version("srlm-server-upload", v5).source == f"runs:/{r2}/m2"
 
-    better = tracking.promote(name, v3)
+    better = model_registry.promote(name, v3)
     assert better["promoted"] and better["compared"]["win_rate"]["key"] == "adjusted_win_rate_vs_v1"
     aliases = _aliases(name)
     assert aliases["champion"] == "3" and aliases["challenger"] == "3"

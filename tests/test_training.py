@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from srlm import training
+from srlm import stages, training
 from srlm.errors import SrlmError
 from srlm.io import file_digest, read_jsonl, write_jsonl
 from srlm.modeldir import check_model_dir, read_lineage
@@ -175,7 +175,7 @@ def test_sft_refuses_existing_output(tiny_model, seed_dir, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(SrlmError, match="already exists"):
-        training.run_sft(training.SFTConfig.load("tiny"), tiny_model, seed_dir / "ift.jsonl", out)
+        stages.run_stage("sft", {"preset": "tiny"}, model=str(tiny_model), ift=str(seed_dir), out=str(out))
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
@@ -252,7 +252,7 @@ def test_dpo_refuses_existing_output(sft_model, pairs_file, tmp_path):
     out.mkdir()
     (out / "config.json").write_text("{}")
     with pytest.raises(SrlmError, match="already exists"):
-        training.run_dpo(training.DPOConfig.load("tiny"), sft_model, pairs_file, out)
+        stages.run_stage("dpo", {"preset": "tiny"}, model=str(sft_model), pairs=str(pairs_file), out=str(out))
 
 
 def test_dpo_model_without_tokenizer(sft_model, pairs_file, tmp_path):

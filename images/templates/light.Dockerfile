@@ -16,7 +16,7 @@ RUN pip install -c /tmp/req/light.txt -r /tmp/req/light.in
 COPY pyproject.toml README.md /src/
 COPY src /src/src
 RUN pip install --no-deps /src \
-    && python -c "from srlm import steps, tracking, pairs, seed_data, oasst, modeldir; import kfp, mlflow"
+    && python -c "from srlm import stages, tracking, model_registry, pairs, seed_data, oasst, modeldir; import kfp, mlflow"
 
 FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 ARG VERSION={{version}}

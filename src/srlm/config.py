@@ -1,8 +1,10 @@
 """One config dataclass per stage: the Python API, the YAML file and the CLI flags are the same thing.
 
-Defaults are the paper's (the ``paper`` preset). A stage config lists other presets in
-``PRESETS`` (``tiny`` makes CPU runs take minutes). Values are applied in this order:
-defaults < preset < YAML file < explicit overrides (CLI flags or keyword arguments).
+Defaults are the paper's (the ``paper`` preset). Presets are settings files shipped with the
+package (``srlm.presets``: ``paper``, ``tiny`` makes CPU runs take minutes, ``testbed``). Values
+are applied in this order: defaults < preset < YAML file < explicit overrides (CLI flags or keyword
+arguments). A YAML file is either one config's flat settings or a settings file with groups (a
+copied preset), from which the config reads its own section.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -30,11 +32,11 @@ def setting(default: Any, help: str) -> Any:
 
 @dataclasses.dataclass
 class StageConfig:
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
-
     @classmethod
     def preset_names(cls) -> list[str]:
-        return ["paper", *cls.PRESETS]
+        from srlm import presets
+
+        return presets.names()
 
     @classmethod
     def load(
@@ -44,10 +46,10 @@ class StageConfig:
         **overrides: Any,
     ) -> C:
         values: dict[str, Any] = {}
-        if preset and preset != "paper":
-            if preset not in cls.PRESETS:
-                raise SrlmError(f"unknown preset {preset!r} for {cls.__name__}; choose from {cls.preset_names()}")
-            values.update(cls.PRESETS[preset])
+        if preset and preset != "paper":  # paper: the defaults (paper.yaml lists them)
+            from srlm import presets
+
+            values.update(presets.values_for(preset, cls))
         if yaml_path:
             values.update(_read_yaml(yaml_path, cls))
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -85,7 +87,23 @@ def _read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
         raise SrlmError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise SrlmError(f"{path}: expected a mapping of settings for {cls.__name__}")
+    from srlm import presets
+
+    if presets.is_settings_file(data):
+        return presets.section(presets.resolve(data, str(path)), cls, str(path))
     return data
+
+
+def literal_choices(hint: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal[...]`` type (or a union of them), else None."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [literal_choices(a) for a in typing.get_args(hint)]
+        if parts and all(p is not None for p in parts):
+            return tuple(v for p in parts for v in p)  # type: ignore[union-attr]
+    return None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -94,6 +112,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if value is None:
         return None
+    choices = literal_choices(hint)
+    if choices is not None:
+        if value not in choices:
+            raise SrlmError(f"{where}: {value!r} is not allowed; choose from {', '.join(map(repr, choices))}")
+        return value
     if origin in (typing.Union, types.UnionType) and args:
         return _coerce(value, args[0], where)
     try:
@@ -134,6 +157,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]
         flag = "--" + f.name.replace("_", "-")
         if hints[f.name] is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif literal_choices(hints[f.name]) is not None:
+            group.add_argument(flag, dest=f.name, default=None, choices=literal_choices(hints[f.name]), help=help_text)
         else:
             group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 

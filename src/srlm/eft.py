@@ -41,21 +41,22 @@ import dataclasses
 import itertools
 import logging
 import random
+import typing
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 from srlm.backends import make_generator
 from srlm.config import setting
 from srlm.errors import SrlmError
-from srlm.io import Record, atomic_path, check_output_free, read_jsonl, write_jsonl
+from srlm.io import Record, atomic_path, read_jsonl, write_jsonl
 from srlm.judge import JudgeConfig, judge_pairs, load_template, parse_score
 
 log = logging.getLogger(__name__)
 
-DOWNSAMPLE_MODES = ("second", "none")
-EVAL_FROM = ("pool", "agreed")
+DownsampleMode = Literal["second", "none"]
+DOWNSAMPLE_MODES: tuple[str, ...] = typing.get_args(DownsampleMode)
 TRAIN_FILE, EVAL_FILE = "eft_train.jsonl", "eft_eval.jsonl"
 
 
@@ -65,12 +66,12 @@ class EFTConfig(JudgeConfig):
     eval_fraction: float = setting(
         0.25, "share of prompts held out for the EFT eval split (paper: 1,630 train / 541 eval, about 0.25)"
     )
-    eval_from: str = setting(
+    eval_from: Literal["pool", "agreed"] = setting(
         "pool",
         "pool: hold out eval prompts from the whole pool before judging (unbiased); "
         "agreed: split only the prompts whose judgements agreed with the human ranks",
     )
-    downsample: str = setting(
+    downsample: DownsampleMode = setting(
         "second",
         "second: cap the most frequent score's training examples at downsample_factor x the count of the "
         "second most frequent score; none: keep all",
@@ -78,16 +79,10 @@ class EFTConfig(JudgeConfig):
     downsample_factor: float = setting(1.0, "multiplier of the second most frequent score's count (downsample=second)")
     max_prompts: int = setting(0, "pool prompts to use (seeded sample); 0 = all")
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {**JudgeConfig.PRESETS["tiny"], "max_prompts": 64}}
-
     def validate(self) -> None:
         super().validate()
         if not 0.0 <= self.eval_fraction < 1.0:
             raise SrlmError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.eval_from not in EVAL_FROM:
-            raise SrlmError(f"eval_from must be one of {', '.join(EVAL_FROM)}, got {self.eval_from!r}")
-        if self.downsample not in DOWNSAMPLE_MODES:
-            raise SrlmError(f"downsample must be one of {', '.join(DOWNSAMPLE_MODES)}, got {self.downsample!r}")
         if self.downsample_factor <= 0:
             raise SrlmError(f"downsample_factor must be > 0, got {self.downsample_factor}")
         if self.max_prompts < 0:
@@ -251,10 +246,9 @@ def examples_of(result: dict[str, Any]) -> list[Record]:
 
 
 def run(
-    config: EFTConfig, model: str | Path, pool: str | Path, out: str | Path, overwrite: bool = False
+    config: EFTConfig, model: str | Path, pool: str | Path, out: str | Path
 ) -> dict[str, Any]:
     """Build ``eft_train.jsonl`` and ``eft_eval.jsonl`` in ``out`` by judging ``pool`` with ``model``."""
-    out = check_output_free(out, overwrite)
     records = _with_ids(read_jsonl(pool, "eft_eval"), str(pool))
     template = load_template(config.template)
     used = sample_prompts(records, config.max_prompts, f"{config.seed}:max_prompts")

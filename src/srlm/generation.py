@@ -21,10 +21,12 @@ vLLM and openai by prompt index (``i % K == k``); every seed derives from global
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import logging
+import typing
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from srlm.config import setting
 from srlm.errors import SrlmError
@@ -34,17 +36,19 @@ log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 Prompt = str | Messages
-BACKENDS = ("auto", "transformers", "vllm", "openai")
+Backend = Literal["auto", "transformers", "vllm", "openai"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
 
 @dataclasses.dataclass
 class GenerationOptions:
     """Engine settings shared by every stage that generates (mixed into their configs)."""
 
-    backend: str = setting("auto", "generation engine: auto | transformers | vllm | openai (auto = vllm when usable)")
+    backend: Backend = setting("auto", "generation engine: auto | transformers | vllm | openai (auto = vllm when usable)")
     batch_size: int = setting(64, "prompts per forward batch (transformers backend)")
     threads: int = setting(0, "torch CPU threads; 0 = torch's default. Use 1 when tasks run side by side")
-    dtype: str = setting("auto", "weights dtype: auto | float32 | bfloat16 | float16")
+    dtype: DType = setting("auto", "weights dtype: auto | float32 | bfloat16 | float16")
     seed: int = setting(0, "random seed for sampling")
     # vLLM engine (backend vllm); the engine is cached per model and these settings.
     tensor_parallel_size: int = setting(1, "vllm: GPUs one engine spans (tensor parallelism)")
@@ -159,3 +163,21 @@ def completion_length(tokens: Any, eos_id: int | None, pad_id: int | None) -> in
         if stop is not None and stop in ids:
             ids = ids[: ids.index(stop)]
     return len(ids)
+
+
+def free_generator(generator: Any) -> None:
+    """Drop the model weights a generator holds (its object may outlive this call)."""
+    if hasattr(generator, "model"):
+        generator.model = None
+    release_memory()
+
+
+def release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass

@@ -13,13 +13,13 @@ import random
 import re
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, Generator, check_shard
-from srlm.io import check_output_free, read_jsonl, write_jsonl
+from srlm.io import read_jsonl, write_jsonl
 from srlm.shards import gather, is_sharded, write_shard
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ Response: {response}"""
 # Built-in templates a ``template`` setting can name instead of giving a file.
 NAMED_TEMPLATES = {"rubric": DEFAULT_TEMPLATE, "short": SHORT_TEMPLATE}
 
-SCORERS = ("model", "random")
 
 _SCORE = re.compile(r"score\s*:\s*\**\s*(\d+(?:\.\d+)?)(?![\d.])", re.IGNORECASE)
 
@@ -120,17 +119,12 @@ class JudgeConfig(GenerationOptions, StageConfig):
     max_new_tokens: int = setting(256, "tokens per judgement (the rubric asks for <= 100 words + score line)")
     template: str = setting("", "judge prompt template: a file with {instruction} and {response}, or a built-in "
                             "name (rubric, short); empty = the rubric")
-    scorer: str = setting("model", "model: the model judges with the rubric; random: scores drawn at random "
+    scorer: Literal["model", "random"] = setting("model", "model: the model judges with the rubric; random: scores drawn at random "
                           "(seeded, 1-5; the ablation control, no model is loaded)")
-
-    # 128 tokens: the bundled judgements run 63-118 tiny-tokenizer tokens before the score line.
-    PRESETS = {"tiny": {"max_new_tokens": 128}}
 
     def validate(self) -> None:
         if self.samples < 1:
             raise SrlmError(f"judge samples must be >= 1, got {self.samples}")
-        if self.scorer not in SCORERS:
-            raise SrlmError(f"unknown judge scorer {self.scorer!r}; choose from {', '.join(SCORERS)}")
 
 
 def judge_config_of(config: Any) -> JudgeConfig:
@@ -231,7 +225,7 @@ def require_some_scores(stats: JudgeStats, what: str) -> None:
 
 
 def run(
-    config: JudgeConfig, model: str | Path, candidates: str | Path, out: str | Path, overwrite: bool = False,
+    config: JudgeConfig, model: str | Path, candidates: str | Path, out: str | Path,
     shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Self-judging: score every candidate reply with the model's own rubric judgements.
@@ -242,7 +236,6 @@ def run(
     ``merge_shards`` regroups the replies per record: byte for byte the unsharded output. The
     "no valid score at all" check needs every reply, so it runs at the merge, not per shard.
     """
-    check_output_free(out, overwrite)
     records = read_jsonl(candidates, "candidates")
     generator = make_generator(model, config) if config.scorer == "model" else None
     items = [(r["prompt"], reply) for r in records for reply in r["replies"]]
@@ -277,13 +270,12 @@ def judgement_stats(records: list[dict[str, Any]]) -> JudgeStats:
     )
 
 
-def merge_shards(shard_files: list[str | Path], out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict[str, Any]:
     """The K judgements shard files of one judging run (any order) as one judgements file.
 
     Judged replies come back in request order (record by record, reply by reply) and are regrouped
     per record; the "no valid score at all" check of the unsharded stage runs here, on every reply.
     """
-    check_output_free(out, overwrite)
     items, total = gather(shard_files, "judgements")
     rows: list[dict[str, Any]] = []
     for j, item in enumerate(items):

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 # The reward-model metrics (SRLM_SPEC.md, "Evaluation"): on the EFT eval split, higher is better.
-RM_METRICS = ("pairwise_accuracy", "five_best", "exact_match", "spearman", "kendall_tau")
+RMMetric = Literal["pairwise_accuracy", "five_best", "exact_match", "spearman", "kendall_tau"]
+RM_METRICS: tuple[str, ...] = typing.get_args(RMMetric)
 # Head-to-head win rates of a challenger: wins / prompts, and (wins + ties/2) / prompts.
-WIN_METRICS = ("win_rate", "adjusted_win_rate")
+WinMetric = Literal["win_rate", "adjusted_win_rate"]
+WIN_METRICS: tuple[str, ...] = typing.get_args(WinMetric)
 SKIPPED_SECTIONS = ("run", "settings")
 
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")

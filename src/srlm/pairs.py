@@ -13,7 +13,7 @@ from typing import Any
 
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.io import Record, check_output_free, read_jsonl, write_jsonl
+from srlm.io import Record, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,6 @@ class PairsConfig(StageConfig):
     min_margin: float = setting(0.0, "keep a pair only if chosen - rejected score exceeds this (paper: any difference)")
     verifier: str = setting("", "programmatic verifier (testbed) that grades the pairs: shares ordered as the judge "
                             "did, inverted, tied; empty = none")
-
-    PRESETS = {"tiny": {}}
 
     def validate(self) -> None:
         if self.verifier:
@@ -81,9 +79,8 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def run(config: PairsConfig, judgements: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def run(config: PairsConfig, judgements: str | Path, out: str | Path) -> dict[str, Any]:
     """Write preference pairs; a round that yields none stops here, with the counts that explain why."""
-    check_output_free(out, overwrite)
     records = read_jsonl(judgements, "judgements")
     pairs, stats = build_pairs(records, config)
     if not pairs:

@@ -14,13 +14,13 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
-from srlm.io import check_output_free, read_prompts, write_jsonl
+from srlm.io import read_prompts, write_jsonl
 from srlm.seed_data import read_seed_prompts
 
 log = logging.getLogger(__name__)
@@ -51,31 +51,24 @@ class PromptGenConfig(GenerationOptions, StageConfig):
     requests_per_round: int = setting(0, "few-shot requests per round; 0 = the prompts still missing")
     prompt_model: str = setting("", "model directory that writes the prompts; empty = the current model M(t) "
                                 "(the paper used a fixed, stronger model)")
-    source: str = setting("generate", "generate: the model writes new prompts (Self-Instruct); file: take them from "
+    source: Literal["generate", "file"] = setting("generate", "generate: the model writes new prompts (Self-Instruct); file: take them from "
                           "a prompts file instead, num_prompts per iteration, a fresh slice each round")
     file: str = setting("", "prompts file (JSONL {id, prompt}) for source=file; empty = prompts.jsonl in the seed directory")
-
-    PRESETS = {"tiny": {"num_prompts": 24, "max_new_tokens": 40, "max_rounds": 4, "min_words": 2}}
 
     def validate(self) -> None:
         if self.seed_shots < 1:
             raise SrlmError("seed_shots must be >= 1")
         if not 0 < self.rouge_threshold <= 1:
             raise SrlmError(f"rouge_threshold must be in (0, 1], got {self.rouge_threshold}")
-        if self.source not in SOURCES:
-            raise SrlmError(f"unknown prompt source {self.source!r}; choose from {', '.join(SOURCES)}")
 
 
-SOURCES = ("generate", "file")
 
 
-def from_file(config: PromptGenConfig, prompts: str | Path, iteration: int, out: str | Path,
-              overwrite: bool = False) -> dict[str, Any]:
+def from_file(config: PromptGenConfig, prompts: str | Path, iteration: int, out: str | Path) -> dict[str, Any]:
     """Iteration t's prompts from a file: rows (t-2)*num_prompts .. (t-1)*num_prompts, so rounds never share one.
 
     Iteration 2 is the first DPO round (M1 -> M2).
     """
-    check_output_free(out, overwrite)
     rows = read_prompts(prompts)
     start = (iteration - 2) * config.num_prompts
     chosen = rows[max(start, 0) : start + config.num_prompts]
@@ -149,10 +142,8 @@ def run(
     model: str | Path,
     out: str | Path,
     seed_prompts: str | Path | None = None,
-    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``config.num_prompts`` new prompts (fewer if the rounds run out, never zero)."""
-    check_output_free(out, overwrite)
     seeds = read_seed_prompts(seed_prompts)
     if len(seeds) < config.seed_shots:
         raise SrlmError(f"{seed_prompts or 'bundled seed'}: {len(seeds)} seed prompts, fewer than seed_shots={config.seed_shots}")

@@ -11,7 +11,7 @@ from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, check_shard
-from srlm.io import Record, check_output_free, read_prompts, validate, write_jsonl
+from srlm.io import Record, read_prompts, validate, write_jsonl
 from srlm.shards import gather, is_sharded, write_shard
 
 log = logging.getLogger(__name__)
@@ -25,15 +25,13 @@ class SamplingConfig(GenerationOptions, StageConfig):
     max_new_tokens: int = setting(512, "tokens per reply")
     max_prompts: int = setting(0, "use only the first N prompts; 0 = all")
 
-    PRESETS = {"tiny": {"max_new_tokens": 48}}
-
     def validate(self) -> None:
         if self.n < 2:
             raise SrlmError(f"n must be >= 2 to form preference pairs, got {self.n}")
 
 
 def run(
-    config: SamplingConfig, model: str | Path, prompts: str | Path, out: str | Path, overwrite: bool = False,
+    config: SamplingConfig, model: str | Path, prompts: str | Path, out: str | Path,
     shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Write one candidates record per prompt: ``{id, prompt, replies: [n texts]}``.
@@ -42,7 +40,6 @@ def run(
     seeds them by their global position) and ``out`` is a shard file (``srlm.shards``);
     ``merge_shards`` of the K shard files is byte for byte the unsharded output.
     """
-    check_output_free(out, overwrite)
     records = read_prompts(prompts)
     if config.max_prompts:
         records = records[: config.max_prompts]
@@ -78,9 +75,8 @@ def candidate_stats(rows: list[Record]) -> dict[str, Any]:
     }
 
 
-def merge_shards(shard_files: list[str | Path], out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict[str, Any]:
     """The K candidates shard files of one sampling run (any order) as one candidates file, in prompt order."""
-    check_output_free(out, overwrite)
     rows, total = gather(shard_files, "candidates")
     write_jsonl(out, rows, "candidates")
     stats = {**candidate_stats(rows), "shards": total}

@@ -15,7 +15,7 @@ from typing import Any
 
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.io import Record, atomic_path, check_output_free, iter_jsonl, read_jsonl, write_jsonl
+from srlm.io import Record, atomic_path, iter_jsonl, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,15 @@ class SeedConfig(StageConfig):
     skip_synthetic: bool = setting(True, "drop synthetic (model-written) prompts and replies")
     seed: int = setting(0, "seed for sampling IFT examples")
 
-    PRESETS = {"tiny": {"ift_count": 64}}
 
 
-def run(config: SeedConfig, out: str | Path, overwrite: bool = False, testbed: Any = None) -> dict[str, Any]:
+def run(config: SeedConfig, out: str | Path, testbed: Any = None) -> dict[str, Any]:
     """Write ``ift.jsonl`` and, depending on the source, ``eft_train``/``eft_eval`` or ``eft_pool``.
 
     The bundled source ships judged EFT data; OpenAssistant yields an EFT *pool* of ranked
     replies that the EFT builder turns into judge data with the SFT baseline; the testbed
     (``testbed``: its TestbedConfig) also writes ``prompts.jsonl`` and ``verify.jsonl``.
     """
-    out = check_output_free(out, overwrite)
     if config.source == "testbed":
         from srlm import testbed as tb
 

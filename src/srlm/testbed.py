@@ -24,7 +24,7 @@ from typing import Any
 
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.io import Record, atomic_path, check_output_free, write_jsonl
+from srlm.io import Record, atomic_path, write_jsonl
 
 TOPICS = (
     "the ocean", "a river", "the mountains", "a library", "coffee", "the rain", "the moon", "a garden",
@@ -229,8 +229,6 @@ class TestbedConfig(StageConfig):
     verify_prompts: int = setting(250, "held-out prompts in verify.jsonl (the verifier evaluation)")
     seed: int = setting(0, "seed for every draw")
 
-    PRESETS = {"tiny": {}}  # the defaults are CPU-sized already
-
     def validate(self) -> None:
         if not 0 <= self.satisfy_fraction <= 1:
             raise SrlmError(f"satisfy_fraction must be in [0, 1], got {self.satisfy_fraction}")
@@ -319,9 +317,8 @@ def build(config: TestbedConfig) -> dict[str, list[Record]]:
 FILE_KINDS = {"ift": "ift", "eft_train": "eft", "eft_eval": "eft_eval", "prompts": "prompt", "verify": "prompt"}
 
 
-def run(config: TestbedConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def run(config: TestbedConfig, out: str | Path) -> dict[str, Any]:
     """Write the testbed seed directory; return the counts and the IFT answers' satisfaction rate."""
-    out = check_output_free(out, overwrite)
     parts = build(config)
     with atomic_path(out, directory=True) as tmp:
         counts = {name: write_jsonl(tmp / f"{name}.jsonl", records, FILE_KINDS[name]) for name, records in parts.items()}

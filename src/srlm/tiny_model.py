@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from srlm.config import StageConfig, setting
-from srlm.errors import SrlmError
-from srlm.io import atomic_path, check_output_free
+from srlm.io import atomic_path
 from srlm.modeldir import write_lineage
 
 BOS, EOS, PAD = "<|begin|>", "<|end|>", "<|pad|>"
@@ -42,16 +41,8 @@ class TinyModelConfig(StageConfig):
     intermediate_size: int = setting(384, "MLP width")
     max_positions: int = setting(2048, "longest sequence (judge prompts carry the whole rubric)")
     seed: int = setting(0, "seed for the weights")
-    corpus: str = setting("bundled", "text the tokenizer learns from: bundled (the seed set) or testbed")
+    corpus: Literal["bundled", "testbed"] = setting("bundled", "text the tokenizer learns from: bundled (the seed set) or testbed")
 
-    PRESETS = {"tiny": {}}  # the defaults are already tiny
-
-    def validate(self) -> None:
-        if self.corpus not in CORPORA:
-            raise SrlmError(f"unknown tokenizer corpus {self.corpus!r}; choose from {', '.join(CORPORA)}")
-
-
-CORPORA = ("bundled", "testbed")
 
 
 def training_text(corpus: str = "bundled") -> list[str]:
@@ -117,9 +108,8 @@ def build(config: TinyModelConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def run(config: TinyModelConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def run(config: TinyModelConfig, out: str | Path) -> dict[str, Any]:
     """Write a complete Hugging Face model directory (weights, tokenizer, chat template, lineage)."""
-    check_output_free(out, overwrite)
     model, tokenizer = build(config)
     with atomic_path(out, directory=True) as tmp:
         model.save_pretrained(tmp)

@@ -24,13 +24,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from srlm import judge
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import load_tokenizer
-from srlm.io import Record, atomic_path, check_output_free, read_jsonl
+from srlm.io import Record, atomic_path, read_jsonl
 from srlm.modeldir import check_model_dir, write_lineage
 from srlm.numerics import set_threads
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Config attributes that hold dropout probabilities in common causal-LM families
 # (Llama/Qwen/Mistral/Gemma: attention_dropout; GPT-2: *_pdrop; OPT: dropout).
 DROPOUT_ATTRS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
-PRECISIONS = ("auto", "bf16", "fp16", "no")
+Precision = Literal["auto", "bf16", "fp16", "no"]
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class TrainingOptions:
     weight_decay: float = setting(0.0, "AdamW weight decay (paper: not given)")
     dropout: float = setting(0.1, "dropout set on the model config while training (paper: 0.1)")
     gradient_checkpointing: bool = setting(True, "recompute activations to save memory (about a fifth slower)")
-    mixed_precision: str = setting("auto", "auto (bf16 on a GPU that supports it, none on CPU) | bf16 | fp16 | no")
+    mixed_precision: Precision = setting("auto", "auto (bf16 on a GPU that supports it, none on CPU) | bf16 | fp16 | no")
     logging_steps: int = setting(10, "log loss and metrics every N optimizer steps")
     seed: int = setting(0, "seed for initialisation, shuffling and dropout")
     threads: int = setting(0, "torch CPU threads; 0 = torch's default. Use 1 when tasks run side by side")
@@ -74,8 +74,6 @@ class TrainingOptions:
             raise SrlmError(f"{name}: dropout must be in [0, 1), got {self.dropout}")
         if self.max_length < 16:
             raise SrlmError(f"{name}: max_length must be >= 16, got {self.max_length}")
-        if self.mixed_precision not in PRECISIONS:
-            raise SrlmError(f"{name}: mixed_precision must be one of {', '.join(PRECISIONS)}")
         if self.warmup < 0 or self.logging_steps < 1:
             raise SrlmError(f"{name}: warmup must be >= 0 and logging_steps >= 1")
 
@@ -93,25 +91,6 @@ class SFTConfig(TrainingOptions, StageConfig):
     )
     group_by_length: bool = setting(False, "batch examples of similar length together (less padding; less random)")
 
-    # tiny: measured on 2 CPU cores with the bundled seed set (64 IFT + 76 EFT examples). Many small steps
-    # teach the 1M-parameter model the judgement format far better than few large ones (batch 8 x 100 steps:
-    # ~5% of judgements parse; batch 1 x 600: 75-90%). Attention dropout doubles the CPU step time (SDPA falls
-    # back to its slow path) and only hurts a model this underfit, so the tiny runs train without it.
-    PRESETS = {
-        "tiny": {
-            "learning_rate": 2e-3,
-            "final_learning_rate": 4e-4,
-            "per_device_batch_size": 1,
-            "gradient_accumulation_steps": 1,
-            "max_steps": 600,
-            "max_length": 1024,
-            "warmup": 0.05,
-            "dropout": 0.0,
-            "gradient_checkpointing": False,
-            "logging_steps": 50,
-        }
-    }
-
     def validate(self) -> None:
         self._check_common("SFT config")
 
@@ -128,21 +107,6 @@ class DPOConfig(TrainingOptions, StageConfig):
         True, "compute the reference log-probs once before training (one model in memory); off = load a second copy"
     )
     min_pairs: int = setting(1, "fail when the round has fewer pairs than this")
-
-    PRESETS = {
-        "tiny": {
-            "learning_rate": 3e-4,
-            "final_learning_rate": 3e-5,
-            "per_device_batch_size": 4,
-            "gradient_accumulation_steps": 1,
-            "max_steps": 30,
-            "max_length": 1024,
-            "warmup": 0.1,
-            "dropout": 0.0,
-            "gradient_checkpointing": False,
-            "logging_steps": 5,
-        }
-    }
 
     def validate(self) -> None:
         self._check_common("DPO config")
@@ -389,10 +353,8 @@ def run_sft(
     ift: str | Path,
     out: str | Path,
     eft: str | Path | None = None,
-    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Seed SFT: train ``model`` on IFT (+ EFT) conversations, loss on responses only; write M1 to ``out``."""
-    check_output_free(out, overwrite)
     with _work_dir("sft") as work:
         trainer = build_sft_trainer(config, model, ift, eft, work)
         metrics = train(trainer, extra_keys=("mean_token_accuracy",))
@@ -408,10 +370,9 @@ DPO_LOG_KEYS = (
 
 
 def run_dpo(
-    config: DPOConfig, model: str | Path, pairs: str | Path, out: str | Path, overwrite: bool = False
+    config: DPOConfig, model: str | Path, pairs: str | Path, out: str | Path
 ) -> dict[str, Any]:
     """One DPO round from M(t) (also the reference) on that round's pairs; write M(t+1) to ``out``."""
-    check_output_free(out, overwrite)
     with _work_dir("dpo") as work:
         trainer = build_dpo_trainer(config, model, pairs, work)
         metrics = train(trainer, extra_keys=DPO_LOG_KEYS)

@@ -29,8 +29,9 @@ from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
-from srlm.io import Record, atomic_path, check_output_free, read_prompts, write_json, write_jsonl
+from srlm.io import Record, atomic_path, read_prompts, write_json, write_jsonl
 from srlm.judge import JudgeConfig, judge_config_of, judge_pairs, load_template
+from srlm.reports import heading
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ class VerifyConfig(GenerationOptions, StageConfig):
     judge_max_new_tokens: int = setting(64, "tokens per judgement")
     judge_template: str = setting("", "judge prompt template file; empty = built-in rubric")
     pass_threshold: float = setting(3.5, "a mean judge score >= this counts as the judge saying 'satisfied'")
-
-    PRESETS = {"tiny": {}}
 
     def validate(self) -> None:
         if self.verifier and self.verifier not in VERIFIERS:
@@ -136,10 +135,8 @@ def pair_quality(pairs: list[Record], verifier: str) -> dict[str, float]:
     return {"pairs": total, **{f"{k}_share": (v / total if total else 0.0) for k, v in counts.items()}}
 
 
-def run_verify(config: VerifyConfig, model: str | Path, prompts: str | Path, out: str | Path,
-               overwrite: bool = False) -> dict[str, Any]:
+def run_verify(config: VerifyConfig, model: str | Path, prompts: str | Path, out: str | Path) -> dict[str, Any]:
     """Sample answers to held-out prompts, check them, let the model judge them; write ``out/``."""
-    check_output_free(out, overwrite)
     if not config.verifier:
         raise SrlmError("verify: no verifier set (e.g. verifier=testbed)")
     check, kind_of = get_verifier(config.verifier)
@@ -171,7 +168,7 @@ def run_verify(config: VerifyConfig, model: str | Path, prompts: str | Path, out
         metrics["judge"] = judge_agreement([p for row in rows for p in row["passed"]], means, config.pass_threshold)
         metrics["judge"]["parse_failure_rate"] = stats.parse_failure_rate
     metrics["run"] = {"model": str(model), "prompts": str(prompts), "settings": config.to_dict()}
-    with atomic_path(check_output_free(out, overwrite), directory=True) as tmp:
+    with atomic_path(out, directory=True) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_jsonl(tmp / "answers.jsonl", rows)
         (tmp / "report.md").write_text(verify_report(metrics), encoding="utf-8")
@@ -180,9 +177,9 @@ def run_verify(config: VerifyConfig, model: str | Path, prompts: str | Path, out
     return metrics
 
 
-def verify_report(metrics: dict[str, Any]) -> str:
+def verify_report(metrics: dict[str, Any], level: int = 1) -> str:
     lines = [
-        "# Verifier evaluation",
+        heading(level, "Verifier evaluation"),
         "",
         f"Answers the verifier passes: **{100 * metrics['satisfied']:.1f}%** "
         f"(standard error {100 * metrics['stderr']:.1f} over {metrics['prompts']} prompts; "

@@ -1,0 +1,178 @@
+"""Validation: everything that can be checked before any GPU work, reported as one error listing every problem.
+
+Settings groups load into their stages' configs (``srlm.stages``); data files and templates are
+readable; the judge template is the same for EFT training, self-judging and RM evaluation; the
+base model is there; MLflow answers (then the experiment and the pipeline's parent run are
+created); the promotion rule is valid and, when a champion exists, has the metrics it needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from srlm.context import check_mlflow
+from srlm.errors import SrlmError
+
+log = logging.getLogger(__name__)
+
+BASE_MODEL_KINDS = ("tiny", "hf")
+
+
+def validate(groups: Mapping[str, Any], kfp_run_id: str = "", *, base_model_kind: str = "tiny",
+             eft_build: bool = False, iterations: int = 3) -> dict[str, Any]:
+    """Check the pipeline's settings ``groups`` (every settings group plus ``mlflow``); SrlmError listing
+    every problem. Returns counts plus ``base_model_uri`` (for the importer; "" for the tiny model)."""
+    from srlm import stages
+
+    started = time.perf_counter()
+    problems: list[str] = []
+    checks = 0
+
+    def check(fn: Callable[..., Any], *args: Any) -> Any:
+        nonlocal checks
+        checks += 1
+        try:
+            return fn(*args)
+        except SrlmError as e:
+            problems.append(str(e))
+        except (OSError, ValueError, TypeError) as e:
+            problems.append(f"{type(e).__name__}: {e}")
+        return None
+
+    configs: dict[str, Any] = {}
+    for group_name, keys in stages.GROUPS.items():
+        group = groups.get(group_name)
+        if check(stages.check_group, group_name, group) is None:
+            continue
+        for key in keys:
+            if group_name == "base_model" and base_model_kind != "tiny":
+                continue
+            if group_name == "data" and key == "eft" and not eft_build:
+                continue
+            configs[f"{group_name}.{key}"] = check(stages.group_config, group_name, group, key)
+
+    uri = ""
+    if base_model_kind == "hf":
+        base_model = groups.get("base_model")
+        uri = str((base_model or {}).get("uri") or "").strip() if isinstance(base_model, Mapping) else ""
+        if not uri:
+            problems.append("base_model.uri is empty: give the Hugging Face model directory (s3://..., a mounted path)")
+        else:
+            check(_check_model_uri, uri)
+    elif base_model_kind not in BASE_MODEL_KINDS:
+        problems.append(f"unknown base model kind {base_model_kind!r} (compile-time setting: tiny | hf)")
+
+    data, evaluation = groups.get("data"), groups.get("evaluation")
+    if isinstance(data, Mapping) and configs.get("data.seed") is not None:
+        check(_check_data, data, configs["data.seed"], eft_build)
+    if isinstance(evaluation, Mapping) and evaluation.get("prompts"):
+        from srlm.io import read_prompts
+
+        check(read_prompts, evaluation["prompts"])
+    check(_check_templates, configs)
+    if iterations < 1:
+        problems.append(f"iterations must be >= 1 (compile-time setting), got {iterations}")
+
+    rule = configs.get("evaluation.promotion")
+    settings = check(check_mlflow, groups.get("mlflow"))
+    if settings and settings.get("enabled"):
+        group_settings = {name: groups.get(name) for name in stages.GROUPS}
+        if check(_check_mlflow_store, settings, kfp_run_id, group_settings) is not None and rule is not None:
+            check(_check_rule_against_champion, settings["model_name"], rule)
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise SrlmError(f"validation found {len(problems)} problem(s) before any training or generation:\n{listing}")
+    log.info("validation passed: %d checks", checks)
+    return {"checks": checks, "problems": 0, "wall_seconds": round(time.perf_counter() - started, 2),
+            "base_model_uri": uri}
+
+
+def _check_model_uri(uri: str) -> None:
+    from srlm.modeldir import check_model_dir
+
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        check_model_dir(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri)
+    elif parsed.scheme not in ("s3", "gs", "minio", "oci", "https", "http"):
+        raise SrlmError(f"base_model.uri {uri!r}: unsupported scheme {parsed.scheme!r} (use s3://, gs://, minio://, oci:// or a path)")
+
+
+def _check_data(data: Mapping[str, Any], seed_config: Any, eft_build: bool) -> None:
+    from srlm.io import read_jsonl
+    from srlm.steps import DATA_FILES, check_data_files
+
+    files = check_data_files(data.get("files"))
+    for name, path in files.items():
+        read_jsonl(path, DATA_FILES[name])  # readable and valid, with file:line on the first bad record
+    if "ift" not in files:
+        source = seed_config.source
+        if source not in ("bundled", "testbed") and not _looks_like_hub_id(source) and not Path(source).exists():
+            raise SrlmError(f"data.seed.source {source!r}: no such file or directory (and not a hub id like OpenAssistant/oasst1)")
+    has_eft = {"eft_train", "eft_eval"} <= set(files) or ("ift" not in files and seed_config.source in ("bundled", "testbed"))
+    if not eft_build and not has_eft:
+        raise SrlmError(
+            "no EFT data: the seed source gives an EFT pool only; compile the pipeline with the EFT build "
+            "(eft_build: true) or give data.files.eft_train and data.files.eft_eval"
+        )
+    if eft_build and not has_eft and "ift" in files and "eft_pool" not in files:
+        raise SrlmError("data.files gives IFT data but neither eft_pool nor eft_train + eft_eval")
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/")) and not Path(source).suffix
+
+
+def _check_templates(configs: Mapping[str, Any]) -> None:
+    """The rubric the model is trained to judge with (EFT) is the one it judges with and is evaluated with."""
+    from srlm.judge import load_template
+
+    used = {
+        "training.sft.judge_template": getattr(configs.get("training.sft"), "judge_template", None),
+        "judging.judge.template": getattr(configs.get("judging.judge"), "template", None),
+        "evaluation.rm.template": getattr(configs.get("evaluation.rm"), "template", None),
+    }
+    verify = configs.get("evaluation.verify")
+    if verify is not None and verify.verifier and verify.judge:
+        used["evaluation.verify.judge_template"] = verify.judge_template
+    if configs.get("data.eft") is not None:
+        used["data.eft.template"] = configs["data.eft"].template
+    used = {k: v for k, v in used.items() if v is not None}
+    for value in set(used.values()):
+        if value:
+            load_template(value)
+    if len(set(used.values())) > 1:
+        shown = ", ".join(f"{k}={v or '(built-in)'}" for k, v in used.items())
+        raise SrlmError(f"the judge template differs between stages ({shown}); the model judges with the rubric it was trained on: use one")
+
+
+def _check_mlflow_store(settings: Mapping[str, Any], kfp_run_id: str, groups: Mapping[str, Any]) -> bool:
+    from srlm import tracking
+
+    tracking.check_reachable()
+    tracking.ensure_experiment(settings["experiment"], settings.get("artifact_location") or None)
+    if kfp_run_id:
+        tracking.pipeline_run(settings["experiment"], kfp_run_id, params=dict(groups))
+    return True
+
+
+def _check_rule_against_champion(name: str, rule: Any) -> None:
+    """A champion that lacks the RM metric the rule compares makes the gate fail at the end: say so now."""
+    from srlm.model_registry import get_version
+    from srlm.promotion import CHAMPION, METRIC_TAG_PREFIX
+
+    champion = get_version(name, alias=CHAMPION)
+    if champion is None or not rule.rm_metric or not rule.require_metrics:
+        return
+    key = f"{METRIC_TAG_PREFIX}{rule.rm_metric}"
+    if key not in champion["tags"]:
+        raise SrlmError(
+            f"promotion rule cannot be evaluated: champion {name} version {champion['version']} has no {key} tag "
+            f"(rm_metric={rule.rm_metric!r}); set evaluation.promotion.rm_metric to one it has, '' to skip the RM check, "
+            "or require_metrics=false"
+        )
