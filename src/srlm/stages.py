@@ -10,6 +10,9 @@ its task asks of the cluster and whether KFP may cache it. Everything else deriv
 - the image list (``images/images.json``, checked against :data:`STAGES` by the tests);
 - the test tables.
 
+A new stage: its module (library code and its step) and test, one entry here, one component, one
+line of ``images/images.json`` (``python -m srlm.stages images images/images.json``).
+
 One name everywhere: component, step, CLI command, task kind, image, MLflow child run. (A shard
 task of ``sample``/``judge`` logs as ``<name>_shard``; the merge logs the merged output under the
 stage's own name.)

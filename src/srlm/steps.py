@@ -29,6 +29,7 @@ from typing import Any
 from srlm import evaluation, training
 from srlm.context import RunContext
 from srlm.errors import SrlmError
+from srlm.shards import is_sharded
 from srlm.stagelog import Head, finish, log, params_of, timed
 
 log_ = logging.getLogger(__name__)
@@ -43,14 +44,6 @@ def file_in(path: str | Path | None, name: str) -> Path | None:
         return None
     path = Path(path)
     return path / name if path.is_dir() else path
-
-
-def _shard(shard: int, shards: int) -> tuple[int, int] | None:
-    """``(shard, shards)`` for a sharded step, None for the plain one (``shards`` = 1)."""
-    from srlm.generation import check_shard
-
-    k, total = check_shard((shard, shards))
-    return (k, total) if total > 1 else None
 
 
 # --------------------------------------------------------------------------- data
@@ -181,7 +174,8 @@ def sample(ctx: RunContext, *, config: Any, model: str, prompts: str, out: str, 
     """M(t-1) samples N candidate replies per prompt; with ``shards`` > 1, shard ``shard`` of them (see ``merge``)."""
     from srlm import sampling
 
-    part = _shard(shard, shards)
+    part = (shard, shards)
+    is_sharded(part)  # checks it before any input is read
     stats: dict[str, Any] = {}
     with timed(stats):
         stats.update(sampling.run(config, model, prompts, out, shard=part))
@@ -194,7 +188,8 @@ def judge(ctx: RunContext, *, config: Any, model: str, candidates: str, out: str
     """M(t-1) judges every candidate with the rubric (its own reward model); with ``shards`` > 1, shard ``shard``."""
     from srlm import judge as jd
 
-    part = _shard(shard, shards)
+    part = (shard, shards)
+    is_sharded(part)  # checks it before any input is read
     stats: dict[str, Any] = {}
     with timed(stats):
         stats.update(jd.run(config, model, candidates, out, shard=part))
@@ -203,10 +198,10 @@ def judge(ctx: RunContext, *, config: Any, model: str, candidates: str, out: str
 
 
 def _finish_shardable(ctx: RunContext, stage: str, params: dict[str, Any], stats: dict[str, Any],
-                      part: tuple[int, int] | None, sample: Head) -> dict[str, Any]:
+                      part: tuple[int, int], sample: Head) -> dict[str, Any]:
     """A plain run logs as ``stage`` with a sample of its output; a shard task as ``<stage>_shard`` (the merge
     logs the merged output as ``stage``, so a query by stage sees one run per round whatever K)."""
-    if part:
+    if is_sharded(part):
         finish(ctx, f"{stage}_shard", {**params, "shard": part[0], "shards": part[1]}, stats)
     else:
         finish(ctx, stage, params, stats, {f"{MERGED[stage]}_sample.jsonl": sample})
