@@ -1,12 +1,13 @@
 """The stage registry is the one home of a stage: the CLI, components, pipeline settings and images derive from it."""
 
+import inspect
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from srlm import SrlmError, stages, steps
+from srlm import SrlmError, stages
 from srlm.context import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +26,10 @@ def test_images_json_lists_exactly_the_registrys_pipeline_stages():
 
 def test_every_stage_is_one_name_with_a_step_and_known_settings():
     for name, stage in stages.STAGES.items():
-        assert stage.name == name and name.isidentifier() and stage.step.__name__ == name
-        assert getattr(steps, name) is stage.step
+        assert stage.name == name and name.isidentifier()
+        params = list(inspect.signature(stage.step).parameters.values())
+        assert params[0].name == "ctx" and all(p.kind is p.KEYWORD_ONLY for p in params[1:]), name  # one convention
+        assert {p.name for p in stage.params} <= {p.name for p in params}, name
         for keyword, (key, cls) in stage.configs.items():
             assert stages.GROUPS[stage.group][key] is cls, (name, keyword)
         assert set(stage.outputs) <= {p.name for p in stage.params} or stage.cli is False, name
