@@ -175,12 +175,13 @@ def test_correlations_and_pairwise_match_scipy_and_brute_force():
 def test_numeric_metrics_flattens_for_mlflow():
     m = rm_eval.reward_model_metrics([item([0, 1])], [[1, 2]])
     m["run"] = {"model": "x"}
+    m["counts"]["run"] = {"settings": {"samples": 3}}  # nested report sections are skipped too
     m["spearman"], m["kendall_tau"] = float("nan"), float("inf")
     flat = numeric_metrics(m)
     assert flat["pairwise_accuracy"] == 0.0
     assert flat["counts.pairs"] == 1.0
     assert "five_best" not in flat  # None is skipped
-    assert not any(k.startswith("run") for k in flat)
+    assert not any(k.startswith("run") or ".run." in k for k in flat)
     assert "spearman" not in flat and "kendall_tau" not in flat  # not finite: no metric
 
 

@@ -3,7 +3,7 @@
 Stage statistics are nested dicts; KFP ``Metrics``, MLflow metrics and model-version tags take
 flat ``{name: number}``: :func:`numeric_metrics` keeps the finite numbers (bools, text, None,
 lists, NaN and infinities are dropped), joins nested keys with ``.`` and skips the ``run`` and
-``settings`` sections that reports carry for people.
+``settings`` sections (at any depth) that reports carry for people.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ SKIPPED_SECTIONS = ("run", "settings")
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+def flatten(data: Mapping[str, Any], prefix: str = "", skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; sections named in ``skip`` are left out at any depth."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
+        if key in skip:
+            continue
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}.", skip))
         else:
             flat[name] = value
     return flat
@@ -48,5 +50,5 @@ def is_number(value: Any) -> bool:
 
 def numeric_metrics(stats: Mapping[str, Any] | None) -> dict[str, float]:
     """The finite numeric leaves of ``stats``, flattened (see the module docstring)."""
-    kept = {k: v for k, v in (stats or {}).items() if k not in SKIPPED_SECTIONS}
-    return {metric_key(k): float(v) for k, v in flatten(kept).items() if is_number(v) and math.isfinite(v)}
+    flat = flatten(stats or {}, skip=SKIPPED_SECTIONS)
+    return {metric_key(k): float(v) for k, v in flat.items() if is_number(v) and math.isfinite(v)}
