@@ -1,5 +1,6 @@
 """The testbed's data generator and the verifier: every answer's ground truth is what the grammar meant."""
 
+import math
 import random
 
 import pytest
@@ -156,12 +157,24 @@ def test_stages_testbed_seed_prompts_from_file_and_verifier_evaluation(sft_model
     assert stats["verifier_correct_share"] == 1.0 and stats["verifier_inverted_share"] == 0.0
 
 
-# The issue's targets, checked on seeds 0, 1 and 2 of this exact run (README, "Proof of learning"), which
-# all clear them: M1's and M2's judge accuracy 0.976-0.995; correct / inverted pairs per round 82/1 or better;
-# M2 - M1 16.3-19.6 points; M3 - M2 +2.9 to +6.5; M1 -> M3 +19.2 to +25.4 points against -3.6 to +2.2 for the
-# control. Seed 0 (this test) is deterministic on this machine: a clean-clone CI run repeated it exactly.
-MARGINS = {"judge_accuracy": 0.85, "correct_over_inverted": 2.0, "m2_minus_m1": 15.0, "m3_drop": 2.0,
-           "gain_over_control": 3.0}
+# Margins from statistics, calibrated on seeds 0-4 with portable CPU numerics (README, "Proof of learning"):
+# - each gain M1 -> M2 and M1 -> M3 is at least Z standard errors of the difference, sqrt(se1^2 + se2^2) (the two
+#   models answer the same 250 prompts, so this is conservative): measured 4.8-9.5 and 5.5-10.6 SE;
+# - the gain M1 -> M3 is at least 3x the control's (or 3 points when the control gains under 1): 16-28x measured;
+# - M3 keeps M2's level within 2 points (M3 - M2 was +2.3 to +6.7);
+# - the judges that built the pairs (M1, M2) are right on >= 80% of answers (worst seed 83.4%);
+# - each round's pairs: >= 40% ordered as the verifier orders them (worst 46.5%) and >= 3x as many correct as
+#   inverted (worst 5.5x).
+# They hold unpinned too: this machine's native kernels gave 97.6-99.5% judges, 82-89% correct pairs and gains of
+# 16-20 points (6+ SE) on seeds 0-2; the Intel machine of issue 11 gave seed 0 65.4 -> 79.6 -> 81.5 (about 5 SE each),
+# a 91% judge, 71/3% pairs and a control at -3.1. The test runs seed 0, deterministic with portable numerics.
+MARGINS = {"z": 3.0, "gain_over_control": 3.0, "m3_drop": 2.0, "judge_accuracy": 0.80, "pairs_correct": 0.40,
+           "correct_over_inverted": 3.0}
+
+
+def gain_in_standard_errors(rows, later):
+    first, last = rows[0], rows[later]
+    return (last["satisfied"] - first["satisfied"]) / math.hypot(first["stderr"], last["stderr"])
 
 
 @pytest.mark.testbed
@@ -170,16 +183,17 @@ def test_the_compiled_pipeline_learns_on_the_testbed(tmp_path):
     judge, and a random judge (the control) does not."""
     from pipelines import testbed as bed
 
-    result = bed.run(tmp_path / "testbed", seed=0)
+    result = bed.run(tmp_path / "testbed", seed=0, numerics_mode="portable")
     real, control = result["arms"]["self-judge"], result["arms"]["random-judge"]
     m1, m2, m3 = (100 * row["satisfied"] for row in real)
+    for later in (1, 2):
+        assert gain_in_standard_errors(real, later) >= MARGINS["z"], (later, real)
+    control_gain = 100 * (control[-1]["satisfied"] - control[0]["satisfied"])
+    assert m3 - m1 >= MARGINS["gain_over_control"] * max(control_gain, 1.0), (m3 - m1, control_gain)
+    assert m3 >= m2 - MARGINS["m3_drop"], (m2, m3)
     for row in real[:2]:  # the judges that built the pairs: M1 (round 2) and M2 (round 3)
         assert row["judge_accuracy"] >= MARGINS["judge_accuracy"], row
     for row in real[1:]:
-        assert row["pairs_correct"] > 0, row
+        assert row["pairs_correct"] >= MARGINS["pairs_correct"], row
         assert row["pairs_correct"] >= MARGINS["correct_over_inverted"] * row["pairs_inverted"], row
-    assert m2 - m1 >= MARGINS["m2_minus_m1"], (m1, m2)
-    assert m3 >= m2 - MARGINS["m3_drop"], (m2, m3)
-    control_gain = 100 * (control[-1]["satisfied"] - control[0]["satisfied"])
-    assert m3 - m1 >= MARGINS["gain_over_control"] * max(control_gain, 1.0), (m3 - m1, control_gain)
     assert control[0]["satisfied"] == pytest.approx(real[0]["satisfied"])  # same M1: the arms differ only in the judge
