@@ -15,7 +15,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Model
 
 import components as c
-from pipelines.settings import PipelineSettings, configure
+from pipelines.settings import PipelineSettings, configure, run_id
 
 
 class Outputs(NamedTuple):
@@ -40,7 +40,7 @@ def make_iteration(settings: PipelineSettings):
         iteration: int,
         parent_version: str,
     ) -> Outputs:
-        run = {"mlflow": mlflow, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "iteration": iteration}
+        run = {"mlflow": mlflow, "kfp_run_id": run_id(settings), "iteration": iteration}
         prompts = c.prompts(sampling=sampling, model=model, seed=seed, **run)
         configure(prompts, "prompts", settings, "Generate prompts")
         judgements = sample_and_judge(settings, model, prompts.outputs["prompts"], sampling, judging, run)

@@ -11,7 +11,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Model
 
 import components as c
-from pipelines.settings import PipelineSettings, configure
+from pipelines.settings import PipelineSettings, configure, run_id
 
 
 class Outputs(NamedTuple):
@@ -32,7 +32,7 @@ def make_seed(settings: PipelineSettings):
         evaluation: dict,
         mlflow: dict,
     ) -> Outputs:
-        run = {"mlflow": mlflow, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+        run = {"mlflow": mlflow, "kfp_run_id": run_id(settings)}
         seed_task = configure(c.seed(data=data, **run), "seed", settings, "Seed data")
         seed_dir = seed_task.outputs["seed"]
         eft = seed_dir

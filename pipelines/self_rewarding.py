@@ -21,7 +21,7 @@ from kfp.dsl import Model
 import components as c
 from pipelines.iteration import make_iteration
 from pipelines.seed import make_seed
-from pipelines.settings import CLUSTER, PipelineSettings, configure
+from pipelines.settings import CLUSTER, PipelineSettings, configure, run_id
 
 
 def make_pipeline(settings: PipelineSettings = CLUSTER):
@@ -65,7 +65,7 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
             mlflow: MLflow tracking. {"enabled", "experiment", "model_name", "artifact_location"}; the tracking URI
                 is a compile-time setting (MLFLOW_TRACKING_URI on every task).
         """
-        run = {"mlflow": mlflow, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+        run = {"mlflow": mlflow, "kfp_run_id": run_id(settings)}
         checked = c.validate(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
                              evaluation=evaluation, base_model_kind=settings.base_model, eft_build=settings.eft_build,
                              iterations=settings.iterations, **run)

@@ -18,10 +18,19 @@ from typing import Any
 
 from kfp import kubernetes
 
+from srlm.context import RUN_ID_ENV
 from srlm.stages import GROUP_ORDER, RESOURCES, TASKS
 
 # What a task asks of the cluster (``resources`` of its stage in the registry); the GPU kinds get GPUs.
 GPU_KINDS = tuple(kind for kind in RESOURCES if kind != "cpu")
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # the label KFP puts on every pod of a run
+
+
+def run_id(settings: PipelineSettings) -> Any:
+    """What tasks get as their ``kfp_run_id`` input: the run id placeholder, or "" when it comes from the pod."""
+    from kfp import dsl
+
+    return dsl.PIPELINE_JOB_ID_PLACEHOLDER if settings.run_id_from == "input" else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +49,18 @@ class PipelineSettings:
     mlflow_tracking_uri: str = ""  # set as MLFLOW_TRACKING_URI on every task; "" = the environment's
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # more plain env vars (never secrets)
     secret_env: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"secret": NAME, "keys": {KEY: ENV_VAR}}
+    # Where a task learns its KFP run id (its MLflow parent run): "pod" = the pod's pipeline/runid label through
+    # the downward API (KFP_RUN_ID), so the run id is no input and KFP's cache reuses a deterministic task across
+    # runs; "input" = a task input (kfp.local has no pods; it has no cache either).
+    run_id_from: str = "pod"
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
             raise ValueError(f"shards must be an integer >= 1, got {self.shards!r}")
+        if self.run_id_from not in ("pod", "input"):
+            raise ValueError(f"run_id_from must be pod or input, got {self.run_id_from!r}")
         if self.base_model not in ("tiny", "hf"):
             raise ValueError(f"base_model must be tiny or hf, got {self.base_model!r}")
         unknown = sorted(set(self.gpus) - set(GPU_KINDS))
@@ -93,6 +108,7 @@ TINY = PipelineSettings(
         "mlflow": {"enabled": True, "experiment": "srlm-demo", "model_name": "srlm-tiny"},
     },
     gpus={kind: 0 for kind in GPU_KINDS},
+    run_id_from="input",
 )
 
 PROFILES = {"cluster": CLUSTER, "tiny": TINY}
@@ -105,6 +121,8 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
         raise KeyError(f"unknown stage {stage!r}; known: {sorted(TASKS)}")
     task.set_display_name(display_name)
     task.set_caching_options(TASKS[stage].cached)
+    if settings.run_id_from == "pod":
+        kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD)
     gpus = settings.gpus.get(TASKS[stage].resources, 0)
     if gpus:
         task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(gpus)

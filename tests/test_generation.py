@@ -86,3 +86,24 @@ def test_auto_backend():
     if importlib.util.find_spec("vllm") is None:
         assert not usable and "not importable" in why
     assert resolve_backend(GenerationOptions(backend="transformers")) == "transformers"
+
+
+def test_replies_stop_at_every_eos_of_the_generation_config(tiny_model, tmp_path):
+    """A model whose generation config lists a second end-of-turn token (as Llama 3's <|eot_id|>) stops there."""
+    import json
+
+    prompt = ["Tell me about rivers."]
+    plain = TransformersGenerator(tiny_model, GenerationOptions(threads=1))
+    (reply,), = plain.generate(prompt, n=1, temperature=0.0, max_new_tokens=8)
+    first = plain.tokenizer(reply, add_special_tokens=False)["input_ids"][0]  # the first token it says
+    assert reply and plain.stats.truncation()["truncated_share"] == 1.0  # 8 tokens were not enough to end
+
+    ends = tmp_path / "m"
+    shutil.copytree(tiny_model, ends)
+    config = json.loads((ends / "generation_config.json").read_text())
+    config["eos_token_id"] = [plain.tokenizer.eos_token_id, first]
+    (ends / "generation_config.json").write_text(json.dumps(config))
+    stopping = TransformersGenerator(ends, GenerationOptions(threads=1))
+    assert stopping.stop_ids == [plain.tokenizer.eos_token_id, first]
+    assert stopping.generate(prompt, n=1, temperature=0.0, max_new_tokens=8) == [[""]]
+    assert stopping.stats.truncation() == {"truncated_replies": 0, "truncated_share": 0.0}

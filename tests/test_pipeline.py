@@ -259,7 +259,8 @@ def test_shards_fan_out_sampling_and_judging_in_every_round(tmp_path, cluster, t
             assert spec["components"][merge["componentRef"]["name"]]["inputDefinitions"]["artifacts"][
                 "shard_files"]["isArtifactList"] is True
             merge_label, merge_ex = executor(spec, merge)
-            assert "accelerator" not in merge_ex["container"].get("resources", {}) and merge_label not in k8s
+            assert "accelerator" not in merge_ex["container"].get("resources", {})
+            assert "nodeSelector" not in k8s[merge_label] and "tolerations" not in k8s[merge_label]
         # the judge shards read the merged candidates; pairs read the merged judgements
         judge_body = tasks_of(spec, loops["Self-judge: 3 shards"][1]["componentRef"]["name"])
         assert loops["Self-judge: 3 shards"][1]["inputs"]["artifacts"][
@@ -267,7 +268,7 @@ def test_shards_fan_out_sampling_and_judging_in_every_round(tmp_path, cluster, t
         ]["taskOutputArtifact"] == {"outputArtifactKey": "merged", "producerTask": merges["sample"][0]}
         assert inner[names["pairs"]]["inputs"]["artifacts"]["judgements"]["taskOutputArtifact"] == {
             "outputArtifactKey": "merged", "producerTask": merges["judge"][0]}
-    assert TASKS["merge"].resources == "cpu" and not TASKS["merge"].cached
+    assert TASKS["merge"].resources == "cpu" and TASKS["merge"].cached
 
 
 def test_shards_setting_is_validated():
@@ -292,7 +293,23 @@ def test_caching_only_for_deterministic_tasks(cluster, tiny):
         for dag, name, task in container_tasks(spec):
             cached = task.get("cachingOptions", {}).get("enableCache", False)
             assert cached == TASKS[stage_of(task)].cached, (dag, name)
-    assert {name for name, stage in TASKS.items() if stage.cached} == {"tiny_model", "seed", "pairs"}
+    # deterministic given their inputs and seeds (training included: a rerun must not redo hours of GPU work);
+    # not the tasks with side effects on MLflow's registry or that check the world as it is now
+    assert {name for name, stage in TASKS.items() if not stage.cached} == {"validate", "register", "gate"}
+
+
+def test_cluster_tasks_read_the_run_id_from_their_pod_so_the_cache_can_hit_across_runs(cluster, tiny):
+    """KFP's cache key holds every input value: a run id input would make every run's key new. On the cluster the
+    run id comes from the pod's pipeline/runid label (downward API); kfp.local (no pods, no cache) passes it."""
+    spec, platform = cluster
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for _, name, task in container_tasks(spec):
+        assert task["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "", name
+        label, _ = executor(spec, task)
+        assert {"name": "KFP_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in k8s[label]["fieldPathAsEnv"]
+    tiny_spec, _ = tiny
+    for _, name, task in container_tasks(tiny_spec):
+        assert task["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
 def test_gpu_tasks_request_gpus_with_tolerations_and_node_selector(cluster, tiny):
@@ -311,7 +328,7 @@ def test_gpu_tasks_request_gpus_with_tolerations_and_node_selector(cluster, tiny
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[label]["tolerations"]
             assert k8s[label]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         else:
-            assert accelerator is None and label not in k8s, name
+            assert accelerator is None and not {"nodeSelector", "tolerations"} & set(k8s[label]), name
     assert seen == gpu_stages
     # the tiny variant runs on a CPU: no accelerator anywhere
     tiny_spec, _ = tiny

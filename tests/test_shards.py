@@ -130,7 +130,7 @@ def candidates_shards(tmp_path, shards=3, items=7, drop=(), extra=()):
 
 def test_gather_restores_order_from_any_shard_order(tmp_path):
     paths = candidates_shards(tmp_path, shards=3, items=7)
-    rows, total = gather([paths[2], paths[0], paths[1]], "candidates")
+    rows, total, _ = gather([paths[2], paths[0], paths[1]], "candidates")
     assert total == 3 and [r["id"] for r in rows] == [f"p{i}" for i in range(7)]
     assert all("index" not in r for r in rows)
 

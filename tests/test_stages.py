@@ -56,7 +56,11 @@ def test_the_adapter_refuses_an_existing_output_before_the_step_runs(tmp_path):
     assert stats["vocab_size"] >= 300 and (out / "config.json").is_file() and not (out / "mine.txt").exists()
 
 
-def test_the_context_needs_a_run_id_to_track():
+def test_the_context_needs_a_run_id_to_track(monkeypatch):
+    monkeypatch.setenv("KFP_RUN_ID", "from-the-pod")  # a cluster task reads its run id from its pod's label
+    assert RunContext.of({"experiment": "e", "model_name": "m"}, "").kfp_run_id == "from-the-pod"
+    assert RunContext.of({"experiment": "e", "model_name": "m"}, "given").kfp_run_id == "given"
+    monkeypatch.delenv("KFP_RUN_ID")
     assert RunContext().tracking is False
     assert RunContext.of({"enabled": False}).tracking is False
     with pytest.raises(SrlmError, match="KFP run id is empty"):

@@ -269,3 +269,36 @@ def test_cli_help_renders():
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([stage, "--help"])
         assert exit_info.value.code == 0
+
+
+def saved_dtypes(model_dir):
+    from safetensors import safe_open
+
+    with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+        return {str(f.get_slice(name).get_dtype()) for name in f.keys()}
+
+
+def test_weights_are_saved_in_the_training_precisions_16_bit_form(tiny_model, seed_dir, tmp_path):
+    """bf16 training keeps fp32 master weights, but saves bfloat16: half the artifact; CPU fp32 training saves fp32."""
+    bf16 = training.SFTConfig.load("tiny", max_steps=2, mixed_precision="bf16", threads=1)
+    stats = training.run_sft(bf16, tiny_model, seed_dir / "ift.jsonl", tmp_path / "bf16")
+    assert stats["saved_dtype"] == "bfloat16" and saved_dtypes(tmp_path / "bf16") == {"BF16"}
+    size = (tmp_path / "bf16" / "model.safetensors").stat().st_size
+    assert size < 0.6 * (tiny_model / "model.safetensors").stat().st_size
+    plain = training.SFTConfig.load("tiny", max_steps=1, threads=1)  # mixed_precision auto: none on CPU
+    assert training.run_sft(plain, tiny_model, seed_dir / "ift.jsonl", tmp_path / "fp32")["saved_dtype"] == "float32"
+    assert saved_dtypes(tmp_path / "fp32") == {"F32"}
+
+
+def test_stage_memory_reports_the_gpu_when_there_is_one(monkeypatch):
+    """Stand-in for a GPU: torch.cuda answers as one with 80 GiB, 30 of them in use, 12 allocated at most here."""
+    import torch
+
+    from srlm.stagelog import peak_memory
+
+    assert set(peak_memory()) == {"peak_rss_mb"}  # this machine has no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (50 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 12 * 2**30)
+    found = peak_memory()
+    assert found["peak_gpu_memory_gb"] == 12.0 and found["gpu_memory_in_use_gb"] == 30.0 and found["peak_rss_mb"] > 0

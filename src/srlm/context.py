@@ -13,12 +13,16 @@ pipeline run's parent MLflow run is found by it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from srlm.errors import SrlmError
 
 MLFLOW_KEYS = ("enabled", "experiment", "model_name", "artifact_location")
+# On a cluster the pipeline hands tasks their KFP run id through this variable (the pod's pipeline/runid label),
+# not as an input, so that KFP's cache can reuse a deterministic task across runs.
+RUN_ID_ENV = "KFP_RUN_ID"
 MLFLOW_DEFAULTS = {"enabled": True, "experiment": "srlm", "model_name": "srlm"}
 
 
@@ -47,7 +51,7 @@ class RunContext:
 
     @classmethod
     def of(cls, mlflow: Mapping[str, Any] | None, kfp_run_id: str = "", iteration: int | None = None) -> RunContext:
-        return cls(check_mlflow(mlflow), kfp_run_id or "", iteration)
+        return cls(check_mlflow(mlflow), kfp_run_id or os.environ.get(RUN_ID_ENV, ""), iteration)
 
     @property
     def tracking(self) -> bool:

@@ -78,6 +78,7 @@ def summary_of(rm: dict[str, Any], win: dict[str, Any], verified: dict[str, Any]
     summary.update(head_to_head_metrics(win, "previous"))
     summary["mean_length"] = win["mean_length_a"]
     summary["mean_length_previous"] = win["mean_length_b"]
+    summary["answers_truncated_share"] = win["answers_a_truncated_share"]
     if verified is not None:
         summary.update(verify_summary(verified))
     return summary

@@ -85,12 +85,27 @@ class GenerationStats:
     prompts: int = 0
     completions: int = 0
     new_tokens: int = 0
-    stopped: int = 0  # computed replies that ended at EOS rather than at max_new_tokens
+    sequences: int = 0  # replies actually decoded (a greedy reply repeated n times counts once)
+    stopped: int = 0  # of those, the ones that ended at a stop token rather than at max_new_tokens
     seconds: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def truncated(self) -> int:
+        """Decoded replies cut at max_new_tokens."""
+        return self.sequences - self.stopped
+
+    def truncation(self, prefix: str = "") -> dict[str, float]:
+        """``{<prefix>truncated_replies, <prefix>truncated_share}``: replies cut at the token limit, so it is never silent."""
+        return truncation_stats(self.sequences, self.truncated, prefix)
+
+
+def truncation_stats(sequences: int, truncated: int, prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}truncated_replies": truncated,
+            f"{prefix}truncated_share": truncated / sequences if sequences else 0.0}
 
 
 def as_messages(prompt: Prompt) -> Messages:
@@ -156,10 +171,29 @@ def load_causal_lm(model_dir: str | Path, dtype: str = "auto", **config_override
     )
 
 
-def completion_length(tokens: Any, eos_id: int | None, pad_id: int | None) -> int:
-    """Tokens up to (not including) the first EOS; padding after it is not output."""
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """The tokens that end a reply: the model's generation config's EOS list (Llama 3 ends a turn with
+    ``<|eot_id|>``, not its tokenizer's EOS) plus the tokenizer's EOS."""
+    found = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    ids = list(found) if isinstance(found, (list, tuple)) else [found]
+    ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def load_generation_config(model_dir: str | Path) -> Any:
+    """The model's ``generation_config.json`` (None when it has none)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(model_dir))
+    except OSError:
+        return None
+
+
+def completion_length(tokens: Any, stop_ids: list[int], pad_id: int | None) -> int:
+    """Tokens up to (not including) the first stop token; padding after it is not output."""
     ids = tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
-    for stop in (eos_id, pad_id):
+    for stop in [*stop_ids, pad_id]:
         if stop is not None and stop in ids:
             ids = ids[: ids.index(stop)]
     return len(ids)

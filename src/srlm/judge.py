@@ -143,13 +143,19 @@ class JudgeStats:
     judgements: int = 0
     parse_failures: int = 0
     unscored_replies: int = 0
+    truncated_judgements: int = 0  # judgements cut at max_new_tokens (often before their score line)
 
     @property
     def parse_failure_rate(self) -> float:
         return self.parse_failures / self.judgements if self.judgements else 0.0
 
+    @property
+    def truncated_share(self) -> float:
+        return self.truncated_judgements / self.judgements if self.judgements else 0.0
+
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "parse_failure_rate": self.parse_failure_rate}
+        return {**dataclasses.asdict(self), "parse_failure_rate": self.parse_failure_rate,
+                "truncated_share": self.truncated_share}
 
 
 def random_judgements(count: int, samples: int, seed: int) -> list[list[str]]:
@@ -188,6 +194,7 @@ def judge_pairs(
             k, total = check_shard(shard)
             outputs = [texts if i % total == k else None for i, texts in enumerate(outputs)]
     else:
+        truncated_before = generator.stats.truncated
         outputs = generator.generate(
             prompts,
             n=config.samples,
@@ -199,6 +206,8 @@ def judge_pairs(
             **({"shard": check_shard(shard)} if sharded else {}),
         )
     stats = JudgeStats()
+    if config.scorer != "random":
+        stats.truncated_judgements = generator.stats.truncated - truncated_before
     results: list[dict[str, Any] | None] = []
     for (_, response), texts in zip(items, outputs):
         if texts is None:  # another shard's pair
@@ -244,7 +253,7 @@ def run(
         owners = [(i, r) for i, r in enumerate(records) for _ in r["replies"]]
         lines = ((j, {"record": owners[j][0], "id": owners[j][1]["id"], "prompt": owners[j][1]["prompt"], "reply": reply})
                  for j, reply in enumerate(judged) if reply is not None)
-        write_shard(out, "judgements", shard, len(items), lines)
+        write_shard(out, "judgements", shard, len(items), lines, {"truncated_judgements": stats.truncated_judgements})
         k, total = check_shard(shard)
         log.info("judged shard %d of %d: %d replies, %d parse failures", k, total, stats.replies, stats.parse_failures)
         return {**stats.as_dict(), "shard": k, "shards": total}
@@ -276,7 +285,7 @@ def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict[str, An
     Judged replies come back in request order (record by record, reply by reply) and are regrouped
     per record; the "no valid score at all" check of the unsharded stage runs here, on every reply.
     """
-    items, total = gather(shard_files, "judgements")
+    items, total, counts = gather(shard_files, "judgements")
     rows: list[dict[str, Any]] = []
     for j, item in enumerate(items):
         if not isinstance(item, dict) or not {"record", "id", "prompt", "reply"} <= set(item):
@@ -289,6 +298,7 @@ def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict[str, An
                             f"shard files {', '.join(map(str, shard_files))} come from different candidates")
         rows[-1]["replies"].append(item["reply"])
     stats = judgement_stats(rows)
+    stats.truncated_judgements = counts.get("truncated_judgements", 0)
     require_some_scores(stats, f"{total} judgement shards")
     write_jsonl(out, rows, "judgements")
     log.info("merged %d judgement shards: %d replies, %d parse failures", total, stats.replies, stats.parse_failures)

@@ -99,6 +99,7 @@ class OpenAIGenerator:
         if len(choices) != n:
             raise SrlmError(f"{self.url}: asked for {n} choices, the server returned {len(choices)}")
         self.stats.new_tokens += int((answer.get("usage") or {}).get("completion_tokens") or 0)
+        self.stats.sequences += len(choices)
         self.stats.stopped += sum(c.get("finish_reason") == "stop" for c in choices)
         return [((c.get("message") or {}).get("content") or "").strip() for c in choices]
 

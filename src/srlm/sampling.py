@@ -10,7 +10,7 @@ from typing import Any
 from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import GenerationOptions, check_shard
+from srlm.generation import GenerationOptions, check_shard, truncation_stats
 from srlm.io import Record, read_prompts, validate, write_jsonl
 from srlm.shards import gather, is_sharded, write_shard
 
@@ -22,7 +22,9 @@ class SamplingConfig(GenerationOptions, StageConfig):
     n: int = setting(4, "replies sampled per prompt")
     temperature: float = setting(0.7, "sampling temperature")
     top_p: float = setting(0.9, "nucleus sampling top-p")
-    max_new_tokens: int = setting(512, "tokens per reply")
+    max_new_tokens: int = setting(
+        2048, "tokens per reply (not given in the paper; its answers grow to ~2,500 characters by M3, so 512 would "
+        "cut them: the stage reports truncated_share)")
     max_prompts: int = setting(0, "use only the first N prompts; 0 = all")
 
     def validate(self) -> None:
@@ -55,12 +57,14 @@ def run(
     if sharded:
         for i, row in rows:
             validate("candidates", row, f"{out} (prompt {i + 1}, before writing)")
-        write_shard(out, "candidates", shard, len(records), rows)
+        counts = {"sequences": generator.stats.sequences, "truncated": generator.stats.truncated}
+        write_shard(out, "candidates", shard, len(records), rows, counts)
         k, total = check_shard(shard)
-        stats = {**candidate_stats([row for _, row in rows]), "shard": k, "shards": total}
+        stats = {**candidate_stats([row for _, row in rows]), **generator.stats.truncation(), "shard": k,
+                 "shards": total}
     else:
         write_jsonl(out, [row for _, row in rows], "candidates")
-        stats = candidate_stats([row for _, row in rows])
+        stats = {**candidate_stats([row for _, row in rows]), **generator.stats.truncation()}
     log.info("sampled %s", stats)
     return stats
 
@@ -77,8 +81,9 @@ def candidate_stats(rows: list[Record]) -> dict[str, Any]:
 
 def merge_shards(shard_files: list[str | Path], out: str | Path) -> dict[str, Any]:
     """The K candidates shard files of one sampling run (any order) as one candidates file, in prompt order."""
-    rows, total = gather(shard_files, "candidates")
+    rows, total, counts = gather(shard_files, "candidates")
     write_jsonl(out, rows, "candidates")
-    stats = {**candidate_stats(rows), "shards": total}
+    truncation = truncation_stats(counts.get("sequences", 0), counts.get("truncated", 0))
+    stats = {**candidate_stats(rows), **truncation, "shards": total}
     log.info("merged %d candidates shards: %s", total, stats)
     return stats

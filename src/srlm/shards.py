@@ -10,11 +10,13 @@ files arrive (KFP's ``dsl.Collected`` promises none) does not matter.
 
 A shard file is JSONL. Line 1 is the header, then one line per item of this shard::
 
-    {"srlm_shard": {"kind": "candidates", "shard": 1, "shards": 4, "items": 250}}
+    {"srlm_shard": {"kind": "candidates", "shard": 1, "shards": 4, "items": 250,
+                    "counts": {"sequences": 250, "truncated": 3}}}
     {"index": 3, "id": "p4", "prompt": "...", "replies": ["...", "..."]}
 
 ``items`` is the number of work items over all shards (prompts when sampling, judge requests
-when judging). A shard may hold no item at all (more shards than batches): its header still
+when judging). ``counts`` are the shard's generation counts, which the merge sums (the output's
+records do not say whether a reply hit the token limit). A shard may hold no item at all (more shards than batches): its header still
 says which shard it is, so a missing shard file is told apart from an empty one.
 """
 
@@ -50,19 +52,22 @@ class ShardHeader:
     shard: int
     shards: int
     items: int
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def write_shard(
-    path: str | os.PathLike, kind: str, shard: tuple[int, int], items: int, records: Iterable[tuple[int, Record]]
+    path: str | os.PathLike, kind: str, shard: tuple[int, int], items: int, records: Iterable[tuple[int, Record]],
+    counts: dict[str, int] | None = None,
 ) -> int:
-    """Write shard ``shard`` of a ``kind`` output of ``items`` work items: ``(index, record)`` pairs (atomic)."""
+    """Write shard ``shard`` of a ``kind`` output of ``items`` work items: ``(index, record)`` pairs (atomic),
+    with the shard's generation ``counts`` in the header."""
     if kind not in KINDS:
         raise ValueError(f"unknown shard kind {kind!r}; known: {', '.join(KINDS)}")
     k, total = check_shard(shard)
     count = 0
     with atomic_path(path) as tmp:
         with tmp.open("w", encoding="utf-8") as f:
-            header = {HEADER: {"kind": kind, "shard": k, "shards": total, "items": items}}
+            header = {HEADER: {"kind": kind, "shard": k, "shards": total, "items": items, "counts": dict(counts or {})}}
             f.write(json.dumps(header) + "\n")
             for index, record in records:
                 if not 0 <= index < items:
@@ -91,7 +96,10 @@ def read_shard(path: str | os.PathLike, kind: str) -> tuple[ShardHeader, list[tu
         raise SrlmError(f"{where}: a shard of {meta.get('kind')!r} records, expected {kind!r}")
     if not all(_is_count(meta.get(key)) for key in ("shard", "shards", "items")) or not meta["shard"] < meta["shards"]:
         raise SrlmError(f"{where}: bad shard header {meta!r} (need 0 <= shard < shards and an item count)")
-    head = ShardHeader(str(path), kind, meta["shard"], meta["shards"], meta["items"])
+    counts = meta.get("counts") or {}
+    if not isinstance(counts, dict) or not all(_is_count(v) for v in counts.values()):
+        raise SrlmError(f"{where}: bad shard header counts {counts!r} (need non-negative integers)")
+    head = ShardHeader(str(path), kind, meta["shard"], meta["shards"], meta["items"], counts)
     records = []
     for where, record in located:
         if not isinstance(record, dict) or not _is_count(record.get("index")):
@@ -102,8 +110,9 @@ def read_shard(path: str | os.PathLike, kind: str) -> tuple[ShardHeader, list[tu
     return head, records
 
 
-def gather(paths: Sequence[str | os.PathLike], kind: str) -> tuple[list[Record], int]:
-    """All items of the K shard files ``paths`` (any order) in their original order, ``index`` removed; and K.
+def gather(paths: Sequence[str | os.PathLike], kind: str) -> tuple[list[Record], int, dict[str, int]]:
+    """All items of the K shard files ``paths`` (any order) in their original order, ``index`` removed; K;
+    and the shards' generation counts summed.
 
     SrlmError, naming the file at fault, when a shard file is missing or given twice, the files
     disagree on K or the item count, an item is in two files, or an item is in none.
@@ -147,7 +156,11 @@ def gather(paths: Sequence[str | os.PathLike], kind: str) -> tuple[list[Record],
         item = dict(slot[1])  # type: ignore[index]  # every slot is filled (checked above)
         del item["index"]
         out.append(item)
-    return out, total
+    counts: dict[str, int] = {}
+    for head in heads:
+        for key, value in head.counts.items():
+            counts[key] = counts.get(key, 0) + value
+    return out, total, counts
 
 
 def shard_paths_param(paths: Sequence[str | os.PathLike]) -> dict[str, str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import resource
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -39,10 +41,23 @@ Artifacts = Mapping[str, "str | Path | Head | None"]
 
 @contextlib.contextmanager
 def timed(stats: dict[str, Any]) -> Iterator[None]:
-    """Adds ``wall_seconds`` to ``stats`` when the block ends."""
+    """Adds ``wall_seconds`` and the process's peak memory (:func:`peak_memory`) to ``stats`` when the block ends."""
     started = time.perf_counter()
     yield
     stats["wall_seconds"] = round(time.perf_counter() - started, 2)
+    stats.update(peak_memory())
+
+
+def peak_memory() -> dict[str, float]:
+    """``peak_rss_mb``; on a GPU also ``peak_gpu_memory_gb`` (what this process's torch allocated at most) and
+    ``gpu_memory_in_use_gb`` (the whole device now, which counts a vLLM engine's own processes)."""
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    torch = sys.modules.get("torch")  # a stage that never imported torch used no GPU
+    if torch is not None and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["gpu_memory_in_use_gb"] = round((total - free) / 2**30, 2)
+    return out
 
 
 def params_of(config: Any, **paths: Any) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class Stage:
     outputs: tuple[str, ...] = ("out",)  # params that are outputs: refused when they exist (unless overwrite)
     family: str | None = None  # image family; None: a CLI tool, not a pipeline task
     resources: str = "cpu"
-    cached: bool = False  # deterministic: KFP may reuse its outputs
+    cached: bool = False  # deterministic given its inputs and seeds: KFP may reuse its outputs (not: side effects)
     cli: bool = True
     iteration: bool = False  # the CLI takes --iteration (the step reads ctx.iteration)
 
@@ -122,32 +122,32 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           params=(Param("model", "the SFT baseline (judge) model directory"),
                   Param("pool", "EFT candidate pool JSONL (from `srlm seed` on OpenAssistant data), or a seed directory"),
                   Param("out", "directory for eft_train.jsonl and eft_eval.jsonl")),
-          family="generation", resources="generation"),
+          family="generation", resources="generation", cached=True),
     Stage("sft", "seed SFT on IFT (+ EFT) data: M0 -> M1 (without EFT: the SFT baseline)",
           steps.sft, "training", {"config": ("sft", SFTConfig)},
           params=(MODEL, Param("ift", "IFT JSONL (or a seed directory)"),
                   Param("eft", "EFT training JSONL or directory (optional)", False),
                   Param("out", "directory for the trained model")),
-          family="training", resources="training"),
+          family="training", resources="training", cached=True),
     Stage("prompts", "generate new prompts, Self-Instruct style, with ROUGE-L and keyword filters",
           steps.prompts, "sampling", {"config": ("prompts", PromptGenConfig)},
           params=(MODEL, Param("seed_prompts", "IFT JSONL (or seed directory) whose first user turns are the seed "
                                                "prompts (default: bundled)", False),
                   Param("out", "prompts JSONL to write")),
-          family="generation", resources="generation", iteration=True),
+          family="generation", resources="generation", iteration=True, cached=True),
     Stage("sample", "sample N candidate replies per prompt", steps.sample, "sampling",
           {"config": ("candidates", SamplingConfig)},
           params=(MODEL, Param("prompts", "prompts JSONL ({id, prompt} or {instruction})"),
                   Param("out", "candidates JSONL to write"), *SHARDING),
-          family="generation", resources="generation"),
+          family="generation", resources="generation", cached=True),
     Stage("judge", "self-judge every candidate with the additive 5-point rubric", steps.judge, "judging",
           {"config": ("judge", JudgeConfig)},
           params=(MODEL, Param("candidates", "candidates JSONL"), Param("out", "judgements JSONL to write"), *SHARDING),
-          family="generation", resources="generation"),
+          family="generation", resources="generation", cached=True),
     Stage("merge", "join the K shard files of a fanned-out sampling or judging step into the unsharded output",
           steps.merge, params=(Param("stage", "the sharded stage: sample or judge"),
                                Param("shard_files", "the K shard files", many=True), Param("out", "the merged file")),
-          family="light", cli=False),
+          family="light", cli=False, cached=True),
     Stage("pairs", "build preference pairs: highest vs lowest mean score, ties dropped", steps.pairs, "judging",
           {"config": ("pairs", PairsConfig)},
           params=(Param("judgements", "judgements JSONL"), Param("out", "preference pairs JSONL to write")),
@@ -155,11 +155,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("dpo", "one DPO round: M(t) -> M(t+1), reference = M(t)", steps.dpo, "training",
           {"config": ("dpo", DPOConfig)},
           params=(MODEL, Param("pairs", "preference pairs JSONL"), Param("out", "directory for the trained model")),
-          family="training", resources="training"),
+          family="training", resources="training", cached=True),
     Stage("evaluate", "M(t) as a reward model, head to head against M(t-1), and checked by a verifier",
           steps.evaluate, "evaluation",
           {"rm": ("rm", RMEvalConfig), "winrate": ("winrate", WinRateConfig), "verify": ("verify", VerifyConfig)},
-          ("prompts",), outputs=("out", "report"), family="generation", resources="evaluation", cli=False),
+          ("prompts",), outputs=("out", "report"), family="generation", resources="evaluation", cli=False, cached=True),
     Stage("register", "register M(t) by reference in the MLflow registry (lineage tags, key metrics, alias iter-<t>)",
           steps.register, outputs=(), family="light", cli=False),
     Stage("gate", "promotion gate: challenger on the newest M(t); champion moves when the rule holds (may play it "

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import resource
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from srlm.generation import load_tokenizer
 from srlm.io import Record, atomic_path, read_jsonl
 from srlm.modeldir import check_model_dir, write_lineage
 from srlm.numerics import set_threads
+from srlm.stagelog import peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class TrainingOptions:
     dropout: float = setting(0.1, "dropout set on the model config while training (paper: 0.1)")
     gradient_checkpointing: bool = setting(True, "recompute activations to save memory (about a fifth slower)")
     mixed_precision: Precision = setting("auto", "auto (bf16 on a GPU that supports it, none on CPU) | bf16 | fp16 | no")
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", "dtype of the saved weights; auto = the 16-bit type of the training precision (bf16 -> bfloat16, "
+        "fp16 -> float16; float32 without mixed precision): half the size of fp32 master weights, what vLLM loads")
     logging_steps: int = setting(10, "log loss and metrics every N optimizer steps")
     seed: int = setting(0, "seed for initialisation, shuffling and dropout")
     threads: int = setting(0, "torch CPU threads; 0 = torch's default. Use 1 when tasks run side by side")
@@ -189,12 +192,24 @@ def load_for_training(model: str | Path, dropout: float) -> tuple[Any, dict[str,
     return loaded, original
 
 
-def _precision(name: str) -> dict[str, bool]:
+def resolve_precision(name: str) -> str:
     import torch
 
     if name == "auto":
-        name = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return name
+
+
+def _precision(name: str) -> dict[str, bool]:
+    name = resolve_precision(name)
     return {"bf16": name == "bf16", "fp16": name == "fp16"}
+
+
+def save_dtype(config: Any) -> str:
+    """The dtype the trained weights are saved in (``save_dtype``, auto = the training precision's 16-bit type)."""
+    if config.save_dtype != "auto":
+        return config.save_dtype
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(config.mixed_precision), "float32")
 
 
 def trainer_args(config: SFTConfig | DPOConfig, work_dir: str | Path) -> dict[str, Any]:
@@ -316,7 +331,7 @@ def train(trainer: Any, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
         "epochs": trainer.state.epoch,
         "seconds": round(seconds, 2),
         "samples_per_second": result.metrics.get("train_samples_per_second"),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **peak_memory(),
         **getattr(trainer, "srlm_counts", {}),
     }
     last = {k: v for h in history for k, v in h.items() if k in extra_keys}
@@ -334,6 +349,11 @@ def save(
     for name, value in getattr(trainer, "srlm_original_dropout", {}).items():
         setattr(model.config, name, value)  # dropout is a training setting, not part of the model
     model.config.use_cache = True
+    import torch
+
+    dtype = save_dtype(config)
+    model.to(getattr(torch, dtype))  # training is over: the fp32 master weights are not needed any more
+    metrics["saved_dtype"] = dtype
     with atomic_path(out, directory=True) as tmp:
         model.save_pretrained(tmp)
         trainer.processing_class.save_pretrained(tmp)

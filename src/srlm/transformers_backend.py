@@ -20,6 +20,7 @@ from srlm.generation import (
     load_tokenizer,
     prompt_token_ids,
     render_prompt,
+    stop_token_ids,
 )
 from srlm.numerics import set_threads
 
@@ -39,6 +40,7 @@ class TransformersGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_causal_lm(model_dir, self.options.dtype).to(self.device).eval()
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
         self.stats = GenerationStats()
 
     def render(self, prompt: Prompt) -> str:
@@ -104,12 +106,13 @@ class TransformersGenerator:
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=per_prompt,
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=self.stop_ids,
             )
         replies: list[list[str]] = [[] for _ in ids]
         for row, tokens in enumerate(out[:, batch["input_ids"].shape[1] :]):
-            length = completion_length(tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+            length = completion_length(tokens, self.stop_ids, self.tokenizer.pad_token_id)
             self.stats.new_tokens += length
+            self.stats.sequences += 1
             self.stats.stopped += length < len(tokens)
             text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True).strip()
             replies[row // per_prompt].extend([text] * (n // per_prompt))

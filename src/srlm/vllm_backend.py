@@ -28,10 +28,12 @@ from srlm.generation import (
     GenerationStats,
     Prompt,
     completion_length,
+    load_generation_config,
     load_tokenizer,
     prompt_token_ids,
     request_seed,
     shard_indices,
+    stop_token_ids,
 )
 from srlm.modeldir import check_model_dir
 
@@ -111,7 +113,7 @@ class VLLMGenerator:
         self.options = options or GenerationOptions()
         self.model_dir = check_model_dir(model_dir)
         self.tokenizer = load_tokenizer(model_dir)
-        self.eos_id = self.tokenizer.eos_token_id
+        self.stop_ids = stop_token_ids(self.tokenizer, load_generation_config(self.model_dir))
         self.pad_id = self.tokenizer.pad_token_id
         self.llm, self.start_seconds = engine(self.model_dir, self.options)
         self.stats = GenerationStats()
@@ -158,14 +160,15 @@ class VLLMGenerator:
             top_p=top_p if sampling else 1.0,
             max_tokens=max_new_tokens,
             seed=seed,
-            stop_token_ids=[i for i in (self.eos_id, self.pad_id) if i is not None],
+            stop_token_ids=[i for i in (*self.stop_ids, self.pad_id) if i is not None],
             detokenize=False,  # decoded below with the tokenizer, exactly as the transformers backend does
         )
 
     def decode(self, completion: Any) -> str:
         """Text up to the first EOS/pad (not included), stripped; counts the reply's tokens."""
         ids = list(completion.token_ids)
-        length = completion_length(ids, self.eos_id, self.pad_id)
+        length = completion_length(ids, self.stop_ids, self.pad_id)
         self.stats.new_tokens += length
+        self.stats.sequences += 1
         self.stats.stopped += completion.finish_reason == "stop"
         return self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip()

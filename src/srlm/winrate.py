@@ -21,7 +21,7 @@ from typing import Any, Literal
 from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import GenerationOptions, Generator, free_generator, release_memory
+from srlm.generation import GenerationOptions, GenerationStats, Generator, free_generator, release_memory
 from srlm.io import Record, atomic_path, read_prompts, write_json, write_jsonl
 from srlm.judge import JudgeConfig, check_template, fill_slots, judge_config_of, judge_pairs, load_template
 from srlm.reports import clip, fence, heading, lineage_summary, lineage_text, num, pct
@@ -88,7 +88,9 @@ def fill_pairwise(template: str, instruction: str, response_a: str, response_b: 
 class WinRateConfig(GenerationOptions, StageConfig):
     """Head-to-head A vs B (and AlpacaEval export): answer generation plus the judging method."""
 
-    max_new_tokens: int = setting(1024, "tokens per answer (not given in the paper)")
+    max_new_tokens: int = setting(
+        2048, "tokens per answer, head to head and AlpacaEval export (not given in the paper; long enough for its "
+        "M3 answers; the stage reports the share cut at it)")
     temperature: float = setting(
         0.7, "answer sampling temperature; 0 = greedy (not given in the paper; ours: its sampling setting)"
     )
@@ -169,12 +171,17 @@ def _swap(verdict: str | None) -> str | None:
 
 def _answers(
     slot: _ModelSlot, model: str | Path, prompts: list[str], config: WinRateConfig, seed: int, desc: str
-) -> list[str]:
-    outputs = slot.get(model).generate(
+) -> tuple[list[str], GenerationStats]:
+    """One answer per prompt, and the counts of this call (its replies cut at max_new_tokens among them)."""
+    generator = slot.get(model)
+    before = dataclasses.replace(generator.stats)
+    outputs = generator.generate(
         prompts, n=1, temperature=config.temperature, top_p=config.top_p,
         max_new_tokens=config.max_new_tokens, seed=seed, desc=desc,
     )
-    return [texts[0] for texts in outputs]
+    after = generator.stats
+    counts = GenerationStats(sequences=after.sequences - before.sequences, stopped=after.stopped - before.stopped)
+    return [texts[0] for texts in outputs], counts
 
 
 def _judge_pairwise(
@@ -269,8 +276,8 @@ def run_winrate(
 
     slot = _ModelSlot(config)
     try:
-        answers_a = _answers(slot, model_a, texts, config, config.seed, "answers A")
-        answers_b = _answers(slot, model_b, texts, config, config.seed + 1, "answers B")
+        answers_a, counts_a = _answers(slot, model_a, texts, config, config.seed, "answers A")
+        answers_b, counts_b = _answers(slot, model_b, texts, config, config.seed + 1, "answers B")
         judge = slot.get(judge_model)
         if config.method == "pairwise":
             results, judge_counts = _judge_pairwise(judge, texts, answers_a, answers_b, config, template)
@@ -295,6 +302,8 @@ def run_winrate(
         "mean_length_b": statistics.fmean(len(b) for b in answers_b),
         "empty_answers_a": sum(1 for a in answers_a if not a.strip()),
         "empty_answers_b": sum(1 for b in answers_b if not b.strip()),
+        **counts_a.truncation("answers_a_"),
+        **counts_b.truncation("answers_b_"),
         **judge_counts,
     }
     metrics["verdict_parse_failure_rate"] = (
@@ -349,6 +358,8 @@ def winrate_report(metrics: dict[str, Any], rows: list[Record], examples: int = 
         "| | A | B |",
         "|---|---|---|",
         f"| mean answer length (chars) | {metrics['mean_length_a']:.0f} | {metrics['mean_length_b']:.0f} |",
+        f"| answers cut at max_new_tokens | {pct(metrics.get('answers_a_truncated_share'))}% | "
+        f"{pct(metrics.get('answers_b_truncated_share'))}% |",
         f"| empty answers | {metrics['empty_answers_a']} | {metrics['empty_answers_b']} |",
         "",
         f"Judge outputs: {metrics['judge_outputs']}, of which {metrics['verdict_parse_failures']} had no parsable "
@@ -414,6 +425,7 @@ def export_alpaca(
         [r["prompt"] for r in records], n=1, temperature=config.temperature, top_p=config.top_p,
         max_new_tokens=config.max_new_tokens, seed=config.seed, desc="alpaca answers",
     )
+    truncation = generator.stats.truncation()
     free_generator(generator)
     del generator
     rows = []
@@ -429,6 +441,7 @@ def export_alpaca(
         "generator": name,
         "mean_length": statistics.fmean(lengths) if lengths else 0.0,
         "empty_outputs": sum(1 for n in lengths if n == 0),
+        **truncation,
         "out": str(out),
     }
     log.info("AlpacaEval outputs written to %s: %s", out, stats)
