@@ -9,13 +9,14 @@ from components.images import image
 @dsl.component(base_image=image("sft"), install_kfp_package=False)
 def sft(
     training: dict, base_model: Input[Model], seed: Input[Dataset], eft: Input[Dataset], with_eft: bool,
-    mlflow: dict, kfp_run_id: str, model: Output[Model], metrics: Output[Metrics],
+    mlflow: dict, kfp_run_id: str, model: Output[Model], metrics: Output[Metrics], chat_template: str = "",
 ):
-    """Seed SFT on IFT + EFT data: M0 -> M1 (with_eft=False: the IFT-only SFT baseline)."""
+    """Seed SFT on IFT + EFT data: M0 -> M1 (with_eft=False: the IFT-only SFT baseline); ``chat_template`` is
+    M0's when it has none (M1 is saved with it)."""
     from srlm import stages
 
     stages.run_task("sft", metrics, training, mlflow, kfp_run_id, model=base_model.path, ift=seed.path,
-                    eft=eft.path if with_eft else None, out=model.path)
+                    eft=eft.path if with_eft else None, out=model.path, chat_template=chat_template)
 
 
 @dsl.component(base_image=image("dpo"), install_kfp_package=False)

@@ -47,8 +47,10 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
         (src/srlm/presets/paper.yaml lists them all). KFP replaces a whole group: pass every key you set.
 
         Args:
-            base_model: The base model M0. {"uri": "s3://models/Llama-2-70b-hf"} imports a Hugging Face model
-                directory (object store or mounted path); the tiny pipeline builds one: {"preset", "tiny": {...}}.
+            base_model: The base model M0. {"uri": "s3://models/Llama-2-70b-hf", "chat_template": "auto"} imports a
+                Hugging Face model directory (object store or mounted path); chat_template is the template a base
+                checkpoint gets (auto: its own, else by family; llama-2 | llama-3 | chatml | a file | the text).
+                The tiny pipeline builds one: {"preset", "tiny": {...}}.
             data: Seed data and EFT build. {"preset", "seed": {"source": "OpenAssistant/oasst1" | path | "bundled"
                 | "testbed", "ift_count"}, "eft": {...}, "testbed": {...}, "files": {"ift", "eft_train", "eft_eval",
                 "eft_pool": path}}.
@@ -76,11 +78,12 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
             configure(base_task, "tiny_model", settings, "M0: build the tiny model")
             base = base_task.outputs["model"]
         else:
-            base_task = dsl.importer(artifact_uri=checked.outputs["Output"], artifact_class=Model, reimport=False)
+            base_task = dsl.importer(artifact_uri=checked.outputs["base_model_uri"], artifact_class=Model, reimport=False)
             base_task.set_display_name("M0: import the base model")
             base = base_task.output
 
-        seeded = seed_pipeline(base_model=base, data=data, training=training, evaluation=evaluation, mlflow=mlflow)
+        seeded = seed_pipeline(base_model=base, data=data, training=training, evaluation=evaluation, mlflow=mlflow,
+                               chat_template=checked.outputs["chat_template"])
         seeded.set_display_name("Seed: M1").after(checked)
         m1, seed, eft = seeded.outputs["model"], seeded.outputs["seed"], seeded.outputs["eft"]
 

@@ -198,9 +198,9 @@ GROUPS = {"base_model": {"preset": "tiny"}, "data": {"preset": "tiny"}, "samplin
 def run_validate(tmp_path, mlflow, **changes):
     metrics = art(dsl.Metrics, tmp_path / "validate-metrics")
     groups = {**GROUPS, **changes}
-    uri = components.validate.python_func(**groups, mlflow=mlflow, kfp_run_id="kfp-validate", base_model_kind="tiny",
-                                          eft_build=False, iterations=3, metrics=metrics)
-    return uri, metrics
+    checked = components.validate.python_func(**groups, mlflow=mlflow, kfp_run_id="kfp-validate",
+                                              base_model_kind="tiny", eft_build=False, iterations=3, metrics=metrics)
+    return checked.base_model_uri, metrics
 
 
 def test_validate_passes_and_creates_the_pipeline_run(tmp_path, mlflow_store):
@@ -258,10 +258,10 @@ def test_validate_says_when_the_promotion_rule_cannot_be_evaluated_against_the_c
 
 
 def test_validate_hf_base_model_checks_the_directory(tmp_path, tiny_model):
-    def validate_hf(uri):
+    def validate_hf(uri, **base_model):
         return components.validate.python_func(
-            **{**GROUPS, "base_model": {"uri": uri}}, mlflow=OFF, kfp_run_id="k", base_model_kind="hf",
-            eft_build=False, iterations=3, metrics=art(dsl.Metrics, tmp_path / "m"))
+            **{**GROUPS, "base_model": {"uri": uri, **base_model}}, mlflow=OFF, kfp_run_id="k", base_model_kind="hf",
+            eft_build=False, iterations=3, metrics=art(dsl.Metrics, tmp_path / "m")).base_model_uri
 
     assert validate_hf(str(tiny_model)) == str(tiny_model)
     assert validate_hf("s3://bucket/models/llama") == "s3://bucket/models/llama"

@@ -160,7 +160,13 @@ class ScriptedJudge:
     """Stands in for a model: judges 'answer <pid> rank <r>' with SCRIPT's score, 3 samples each."""
 
     def __init__(self):
+        from srlm.generation import GenerationStats
+
         self.seen: list[str] = []
+        self.stats = GenerationStats()
+
+    def close(self):
+        pass
 
     def generate(self, prompts, n=1, temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0, desc=""):
         out = []

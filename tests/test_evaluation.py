@@ -254,10 +254,19 @@ class ScriptedGenerator:
     """Answers with the model dir's name; judges by the name of a fake judge directory."""
 
     loaded: list[str] = []
+    made: list[ScriptedGenerator] = []
 
     def __init__(self, name: str):
+        from srlm.generation import GenerationStats
+
         self.name = name
+        self.stats = GenerationStats()
+        self.closed = False
         ScriptedGenerator.loaded.append(name)
+        ScriptedGenerator.made.append(self)
+
+    def close(self):
+        self.closed = True
 
     def generate(self, prompts, n=1, temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0, desc=""):
         return [[self.reply(p, i) for i in range(n)] for p in prompts]
@@ -295,7 +304,11 @@ def _winrate(prompts, tmp_path, judge, a="model-good", b="model-bad", **settings
 
 
 def test_pairwise_fair_judge_sees_through_order(scripted, tmp_path):
+    ScriptedGenerator.made = []
     m = _winrate(scripted, tmp_path, "judge-fair")
+    # A, B and the judge loaded one at a time, each closed before the next (two models never share a GPU)
+    assert [g.name for g in ScriptedGenerator.made] == ["model-good", "model-bad", "judge-fair"]
+    assert all(g.closed for g in ScriptedGenerator.made)
     assert (m["wins"], m["ties"], m["losses"]) == (5, 0, 0)
     assert m["win_pct"] == 100.0
     assert m["judge_outputs"] == 5 * 2 * 3 and m["verdict_parse_failures"] == 0

@@ -309,7 +309,7 @@ def test_cluster_tasks_read_the_run_id_from_their_pod_so_the_cache_can_hit_acros
         assert {"name": "KFP_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in k8s[label]["fieldPathAsEnv"]
     tiny_spec, _ = tiny
     for _, name, task in container_tasks(tiny_spec):
-        assert task["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+        assert task["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}", name
 
 
 def test_gpu_tasks_request_gpus_with_tolerations_and_node_selector(cluster, tiny):

@@ -120,6 +120,32 @@ def test_one_engine_per_process(sft_model, vllm_gen):
     assert vllm_gen.start_seconds > 0
 
 
+def test_switching_models_leaves_one_engine_and_returns_the_first_ones_memory(tiny_model, sft_model, vllm_gen):
+    """A stage that loads model A, releases it and loads model B (evaluation: M(t), then M(t-1)) ends with one
+    engine: A's engine processes are gone with their memory. On a GPU two engines at 0.9 utilization cannot start."""
+    import psutil
+
+    from srlm import vllm_backend
+
+    me = psutil.Process()
+
+    def engine_processes() -> set[int]:
+        return {p.pid for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+
+    before = engine_processes()
+    a = make_generator(tiny_model, GenerationOptions(**ENGINE))  # another model: the other engine goes first
+    assert len(vllm_backend._ENGINES) == 1 and a.generate(["Hi"], n=1, max_new_tokens=2)[0]
+    a_processes = engine_processes() - before
+    a_memory = sum(psutil.Process(pid).memory_info().rss for pid in a_processes)
+    assert a_processes and a_memory > 100 * 2**20  # the engine core lives in its own process here
+    a.close()
+    assert not vllm_backend._ENGINES
+    assert not a_processes & engine_processes(), "the released engine's processes still run"
+    b = make_generator(sft_model, GenerationOptions(**ENGINE, seed=3))
+    assert len(vllm_backend._ENGINES) == 1 and b.generate(["Hi"], n=1, max_new_tokens=2)[0]
+    assert vllm_gen.generate(["Hi"], n=1, max_new_tokens=2)[0]  # a generator whose engine was closed starts it again
+
+
 def judge_prompts(count: int = 12) -> list[str]:
     """Rubric prompts: the tiny judge ends most of them with a score line and EOS (stop handling)."""
     from srlm import seed_data

@@ -49,7 +49,7 @@ def resolve_backend(options: GenerationOptions) -> str:
     return "vllm" if usable else "transformers"
 
 
-def make_generator(model_dir: str | Path, options: GenerationOptions | None = None) -> Generator:
+def make_generator(model_dir: str | Path, options: GenerationOptions | None = None, chat_template: str = "") -> Generator:
     """The generator of ``options.backend`` for ``model_dir``. For ``openai`` the model argument is
     the served model name unless ``served_model`` is set (a path works as is with a vLLM server
     started on that path, which serves the model under it)."""
@@ -58,11 +58,11 @@ def make_generator(model_dir: str | Path, options: GenerationOptions | None = No
     if backend == "vllm":
         from srlm.vllm_backend import VLLMGenerator
 
-        return VLLMGenerator(model_dir, options)
+        return VLLMGenerator(model_dir, options, chat_template)
     if backend == "openai":
         from srlm.openai_backend import OpenAIGenerator
 
         return OpenAIGenerator(options.served_model or str(model_dir), options)
     from srlm.transformers_backend import TransformersGenerator
 
-    return TransformersGenerator(model_dir, options)
+    return TransformersGenerator(model_dir, options, chat_template)

@@ -44,13 +44,16 @@ def evaluate(
     out: str | Path,
     report: str | Path,
     iteration: int,
+    previous_chat_template: str = "",
 ) -> dict[str, Any]:
-    """Evaluate ``model`` (M<iteration>) into ``out``; write ``report``; return the summary plus each part's metrics."""
+    """Evaluate ``model`` (M<iteration>) into ``out``; write ``report``; return the summary plus each part's metrics.
+    ``previous_chat_template``: M(t-1)'s template when it has none (M0, a base checkpoint)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     head_to_head = eval_prompts(prompts, eft_dir, out / "prompts.jsonl")
     rm_metrics = rm_eval.run_rm(rm, model, Path(eft_dir) / "eft_eval.jsonl", out / "rm")
-    win_metrics = winrate.run_winrate(win, model, previous, judge_model, head_to_head, out / "winrate")
+    win_metrics = winrate.run_winrate(win, model, previous, judge_model, head_to_head, out / "winrate",
+                                      previous_chat_template)
     verified = None
     if verify.verifier:
         verified = verifiers.run_verify(verify, model, verifiers.verify_prompts_path(verify, seed_dir), out / "verify")

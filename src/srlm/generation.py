@@ -79,6 +79,9 @@ class Generator(Protocol):
         shard: tuple[int, int] = (0, 1),
     ) -> list[list[str] | None]: ...
 
+    def close(self) -> None:
+        """Release the model and its engine (memory, worker processes); the generator is not used after."""
+
 
 @dataclasses.dataclass
 class GenerationStats:
@@ -157,17 +160,21 @@ def resolve_dtype(name: str) -> Any:
         raise SrlmError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16") from None
 
 
-def load_tokenizer(model_dir: str | Path) -> Any:
+def load_tokenizer(model_dir: str | Path, chat_template: str = "") -> Any:
+    """The model's tokenizer; ``chat_template`` (text) replaces its template (a base checkpoint has none)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(check_model_dir(model_dir)))
+    tokenizer = AutoTokenizer.from_pretrained(str(check_model_dir(model_dir, require_template=not chat_template)))
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer
 
 
 def load_causal_lm(model_dir: str | Path, dtype: str = "auto", **config_overrides: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        str(check_model_dir(model_dir)), dtype=resolve_dtype(dtype), **config_overrides
+        str(check_model_dir(model_dir, require_template=False)), dtype=resolve_dtype(dtype), **config_overrides
     )
 
 
@@ -197,13 +204,6 @@ def completion_length(tokens: Any, stop_ids: list[int], pad_id: int | None) -> i
         if stop is not None and stop in ids:
             ids = ids[: ids.index(stop)]
     return len(ids)
-
-
-def free_generator(generator: Any) -> None:
-    """Drop the model weights a generator holds (its object may outlive this call)."""
-    if hasattr(generator, "model"):
-        generator.model = None
-    release_memory()
 
 
 def release_memory() -> None:

@@ -18,8 +18,9 @@ LINEAGE_FILE = "srlm_lineage.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-def check_model_dir(path: str | Path) -> Path:
-    """Raise SrlmError unless ``path`` holds a config, weights, a tokenizer and a chat template."""
+def check_model_dir(path: str | Path, require_template: bool = True) -> Path:
+    """Raise SrlmError unless ``path`` holds a config, weights, a tokenizer and (unless the caller brings one,
+    ``require_template=False``) a chat template."""
     path = Path(path)
     if not path.is_dir():
         raise SrlmError(f"{path}: model directory not found")
@@ -29,8 +30,9 @@ def check_model_dir(path: str | Path) -> Path:
         raise SrlmError(f"{path}: model directory has no weights (*.safetensors)")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise SrlmError(f"{path}: model directory has no tokenizer (expected tokenizer.json); save the tokenizer with the model")
-    if not has_chat_template(path):
-        raise SrlmError(f"{path}: tokenizer has no chat template (chat_template.jinja); the stages format prompts with it")
+    if require_template and not has_chat_template(path):
+        raise SrlmError(f"{path}: tokenizer has no chat template (chat_template.jinja); the stages format prompts with "
+                        "it. A base checkpoint: set base_model.chat_template (llama-2, llama-3, chatml, a .jinja file)")
     return path
 
 

@@ -37,6 +37,9 @@ MAX_BACKOFF_SECONDS = 30.0
 class OpenAIGenerator:
     """The Generator interface over an OpenAI-compatible chat completions endpoint."""
 
+    def close(self) -> None:
+        """Nothing to release here: the server holds the model."""
+
     def __init__(self, model: str, options: GenerationOptions | None = None):
         self.options = options or GenerationOptions()
         if not self.options.base_url:

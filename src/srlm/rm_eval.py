@@ -19,7 +19,6 @@ from typing import Any
 from srlm.backends import make_generator
 from srlm.config import setting
 from srlm.errors import SrlmError
-from srlm.generation import free_generator
 from srlm.io import Record, atomic_path, read_jsonl, validate, write_json, write_jsonl
 from srlm.judge import JudgeConfig, judge_pairs, load_template
 from srlm.metrics import RM_METRICS
@@ -169,7 +168,7 @@ def run_rm(
     generator = make_generator(model, config)
     flat = [(item["prompt"], reply) for item in items for reply in item["replies"]]
     judged, stats = judge_pairs(generator, flat, config, template, desc="judging eval replies")
-    free_generator(generator)
+    generator.close()
     del generator
 
     rows, scores, cursor = [], [], 0

@@ -127,7 +127,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           steps.sft, "training", {"config": ("sft", SFTConfig)},
           params=(MODEL, Param("ift", "IFT JSONL (or a seed directory)"),
                   Param("eft", "EFT training JSONL or directory (optional)", False),
-                  Param("out", "directory for the trained model")),
+                  Param("out", "directory for the trained model"),
+                  Param("chat_template", "the base model's chat template when it has none: llama-2, llama-3, chatml, "
+                                         "a .jinja file or the text (saved with M1)", False)),
           family="training", resources="training", cached=True),
     Stage("prompts", "generate new prompts, Self-Instruct style, with ROUGE-L and keyword filters",
           steps.prompts, "sampling", {"config": ("prompts", PromptGenConfig)},
@@ -189,7 +191,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 
 TASKS = {name: stage for name, stage in STAGES.items() if stage.family is not None}  # the pipeline's stages
 # The base model importer's key: not a stage's (the pipeline imports base_model.uri with dsl.importer).
-IMPORTER_KEYS = {"base_model": ("uri",)}
+IMPORTER_KEYS = {"base_model": ("uri", "chat_template")}
 
 
 # The pipeline's settings groups, in the order of its parameters (and of validation's report).

@@ -124,14 +124,19 @@ def build_eft(ctx: RunContext, *, config: Any, model: str, pool: str, out: str) 
 # --------------------------------------------------------------------------- training
 
 
-def sft(ctx: RunContext, *, config: Any, model: str, ift: str, out: str, eft: str | None = None) -> dict[str, Any]:
-    """Seed SFT on IFT (+ EFT): M0 -> M1. Without ``eft`` it trains the SFT baseline (IFT only, iteration 0)."""
+def sft(ctx: RunContext, *, config: Any, model: str, ift: str, out: str, eft: str | None = None,
+        chat_template: str = "") -> dict[str, Any]:
+    """Seed SFT on IFT (+ EFT): M0 -> M1. Without ``eft`` it trains the SFT baseline (IFT only, iteration 0).
+    ``chat_template``: M0's template (``srlm.chat_templates``: a name, a file or the text) when it has none."""
+    from srlm import chat_templates
+
+    template = chat_templates.resolve(chat_template, None) if chat_template else ""
     ift_file, eft_file = file_in(ift, "ift.jsonl"), file_in(eft, "eft_train.jsonl")
     if eft_file is not None and not eft_file.is_file():
         raise SrlmError(f"{eft}: no eft_train.jsonl for seed SFT on IFT + EFT")
     stats: dict[str, Any] = {}
     with timed(stats):
-        stats.update(training.run_sft(config, model=model, ift=ift_file, eft=eft_file, out=out))
+        stats.update(training.run_sft(config, model=model, ift=ift_file, eft=eft_file, out=out, chat_template=template))
     iteration = 1 if eft_file is not None else 0
     finish(ctx.at(iteration), "sft", params_of(config, model=model, ift=ift_file, eft=eft_file, out=out), stats)
     return stats
@@ -246,16 +251,20 @@ def pairs(ctx: RunContext, *, config: Any, judgements: str, out: str) -> dict[st
 
 
 def evaluate(ctx: RunContext, *, rm: Any, winrate: Any, verify: Any, model: str, previous: str, judge_model: str,
-             eft: str, out: str, report: str, prompts: str | None = None, seed: str | None = None) -> dict[str, Any]:
+             eft: str, out: str, report: str, prompts: str | None = None, seed: str | None = None,
+             previous_chat_template: str = "") -> dict[str, Any]:
     """M(t) as a reward model (EFT eval split), head to head against M(t-1) judged by ``judge_model``, and
     (with ``verify.verifier`` set) checked by a program (``srlm.evaluation``). Writes ``out/`` and ``report``."""
+    from srlm import chat_templates
+
     if ctx.iteration is None:
         raise SrlmError("evaluate needs the iteration of the model it evaluates")
+    previous_chat_template = chat_templates.resolve(previous_chat_template, None) if previous_chat_template else ""
     stats: dict[str, Any] = {}
     with timed(stats):
         stats.update(evaluation.evaluate(rm, winrate, verify, model=model, previous=previous, judge_model=judge_model,
                                          eft_dir=eft, prompts=prompts, seed_dir=seed, out=out, report=report,
-                                         iteration=ctx.iteration))
+                                         iteration=ctx.iteration, previous_chat_template=previous_chat_template))
     params = {"rm": rm.to_dict(), "winrate": winrate.to_dict(), "path.model": model, "path.previous": previous,
               "path.judge_model": judge_model, "path.prompts": stats.pop("prompts_file")}
     artifacts = {"report.md": report, "rm_metrics.json": Path(out) / "rm" / "metrics.json",
@@ -422,6 +431,6 @@ def validate(ctx: RunContext, *, groups: Mapping[str, Any], base_model_kind: str
                                 iterations=iterations)
     tracked = RunContext.of(groups.get("mlflow"), ctx.kfp_run_id)
     params = {"base_model_kind": base_model_kind, "eft_build": eft_build, "iterations": iterations,
-              "base_model_uri": stats["base_model_uri"]}
-    log(tracked, "validate", params, {k: v for k, v in stats.items() if k != "base_model_uri"})
+              "base_model_uri": stats["base_model_uri"], "chat_template": stats["chat_template"]}
+    log(tracked, "validate", params, stats)
     return stats

@@ -242,19 +242,22 @@ def trainer_args(config: SFTConfig | DPOConfig, work_dir: str | Path) -> dict[st
 
 
 def build_sft_trainer(
-    config: SFTConfig, model: str | Path, ift: str | Path, eft: str | Path | None, work_dir: str | Path
+    config: SFTConfig, model: str | Path, ift: str | Path, eft: str | Path | None, work_dir: str | Path,
+    chat_template: str = "",
 ) -> Any:
-    """Validate the inputs, load the model and return a ready TRL SFTTrainer (``run_sft`` trains it)."""
+    """Validate the inputs, load the model and return a ready TRL SFTTrainer (``run_sft`` trains it).
+
+    ``chat_template`` (text) replaces the model's template: a base checkpoint has none; M1 is saved with it."""
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
-    check_model_dir(model)
+    check_model_dir(model, require_template=not chat_template)
     ift_records = read_jsonl(ift, "ift")
     eft_records = read_jsonl(eft, "eft") if eft else []
     rows = sft_examples(ift_records, eft_records, judge.load_template(config.judge_template or None))
     set_threads(config.threads)
-    tokenizer = load_tokenizer(model)
+    tokenizer = load_tokenizer(model, chat_template)
     if config.assistant_only_loss:
         check_chat_template(tokenizer, model)
     _warn_too_long(tokenizer, rows, config.max_length)
@@ -373,10 +376,12 @@ def run_sft(
     ift: str | Path,
     out: str | Path,
     eft: str | Path | None = None,
+    chat_template: str = "",
 ) -> dict[str, Any]:
-    """Seed SFT: train ``model`` on IFT (+ EFT) conversations, loss on responses only; write M1 to ``out``."""
+    """Seed SFT: train ``model`` on IFT (+ EFT) conversations, loss on responses only; write M1 to ``out``
+    (with ``chat_template`` as its template when given: a base checkpoint has none)."""
     with _work_dir("sft") as work:
-        trainer = build_sft_trainer(config, model, ift, eft, work)
+        trainer = build_sft_trainer(config, model, ift, eft, work, chat_template)
         metrics = train(trainer, extra_keys=("mean_token_accuracy",))
         data = {"ift": ift, **({"eft": eft} if eft else {})}
         save(trainer, out, stage="sft", parent=model, data=data, config=config, metrics=metrics)

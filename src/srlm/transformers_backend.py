@@ -19,6 +19,7 @@ from srlm.generation import (
     load_causal_lm,
     load_tokenizer,
     prompt_token_ids,
+    release_memory,
     render_prompt,
     stop_token_ids,
 )
@@ -28,13 +29,13 @@ from srlm.numerics import set_threads
 class TransformersGenerator:
     """Batched sampling with Hugging Face transformers (CPU or a single GPU)."""
 
-    def __init__(self, model_dir: str | Path, options: GenerationOptions | None = None):
+    def __init__(self, model_dir: str | Path, options: GenerationOptions | None = None, chat_template: str = ""):
         import torch
 
         self.options = options or GenerationOptions()
         set_threads(self.options.threads)
         self.model_dir = Path(model_dir)
-        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer = load_tokenizer(model_dir, chat_template)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -42,6 +43,11 @@ class TransformersGenerator:
         self.model = load_causal_lm(model_dir, self.options.dtype).to(self.device).eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
         self.stats = GenerationStats()
+
+    def close(self) -> None:
+        """Drop the weights and return their memory (the object may outlive this call)."""
+        self.model = None
+        release_memory()
 
     def render(self, prompt: Prompt) -> str:
         return render_prompt(self.tokenizer, prompt)

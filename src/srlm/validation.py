@@ -56,14 +56,15 @@ def validate(groups: Mapping[str, Any], kfp_run_id: str = "", *, base_model_kind
                 continue
             configs[f"{group_name}.{key}"] = check(stages.group_config, group_name, group, key)
 
-    uri = ""
+    uri, template = "", ""
     if base_model_kind == "hf":
         base_model = groups.get("base_model")
-        uri = str((base_model or {}).get("uri") or "").strip() if isinstance(base_model, Mapping) else ""
+        base_model = base_model if isinstance(base_model, Mapping) else {}
+        uri = str(base_model.get("uri") or "").strip()
         if not uri:
             problems.append("base_model.uri is empty: give the Hugging Face model directory (s3://..., a mounted path)")
         else:
-            check(_check_model_uri, uri)
+            template = check(_check_base_model, uri, str(base_model.get("chat_template") or "auto")) or ""
     elif base_model_kind not in BASE_MODEL_KINDS:
         problems.append(f"unknown base model kind {base_model_kind!r} (compile-time setting: tiny | hf)")
 
@@ -89,17 +90,23 @@ def validate(groups: Mapping[str, Any], kfp_run_id: str = "", *, base_model_kind
         raise SrlmError(f"validation found {len(problems)} problem(s) before any training or generation:\n{listing}")
     log.info("validation passed: %d checks", checks)
     return {"checks": checks, "problems": 0, "wall_seconds": round(time.perf_counter() - started, 2),
-            "base_model_uri": uri}
+            "base_model_uri": uri, "chat_template": template}
 
 
-def _check_model_uri(uri: str) -> None:
+def _check_base_model(uri: str, chat_template: str) -> str:
+    """A readable base model directory (when local) and the chat template the stages give M0: its text, or ""
+    to keep the model's own. A remote model is checked by the stage that loads it."""
+    from srlm import chat_templates
     from srlm.modeldir import check_model_dir
 
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("", "file"):
-        check_model_dir(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri)
-    elif parsed.scheme not in ("s3", "gs", "minio", "oci", "https", "http"):
+        path = urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri
+        check_model_dir(path, require_template=False)
+        return chat_templates.resolve(chat_template, path)
+    if parsed.scheme not in ("s3", "gs", "minio", "oci", "https", "http"):
         raise SrlmError(f"base_model.uri {uri!r}: unsupported scheme {parsed.scheme!r} (use s3://, gs://, minio://, oci:// or a path)")
+    return chat_templates.resolve(chat_template, None)
 
 
 def _check_data(data: Mapping[str, Any], seed_config: Any, eft_build: bool) -> None:

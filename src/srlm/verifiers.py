@@ -167,6 +167,7 @@ def run_verify(config: VerifyConfig, model: str | Path, prompts: str | Path, out
             cursor += len(row["answers"])
         metrics["judge"] = judge_agreement([p for row in rows for p in row["passed"]], means, config.pass_threshold)
         metrics["judge"]["parse_failure_rate"] = stats.parse_failure_rate
+    generator.close()
     metrics["run"] = {"model": str(model), "prompts": str(prompts), "settings": config.to_dict()}
     with atomic_path(out, directory=True) as tmp:
         write_json(tmp / "metrics.json", metrics)

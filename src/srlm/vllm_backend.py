@@ -75,12 +75,19 @@ def engine_settings(options: GenerationOptions) -> dict[str, Any]:
     return settings
 
 
+def engine_key(model_dir: str | Path, options: GenerationOptions) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    return str(Path(model_dir).resolve()), tuple(sorted(engine_settings(options).items()))
+
+
 def engine(model_dir: str | Path, options: GenerationOptions) -> tuple[Any, float]:
-    """The process's engine for this model and these settings (started on first use), and its start time."""
-    settings = engine_settings(options)
-    key = (str(Path(model_dir).resolve()), tuple(sorted(settings.items())))
+    """The process's engine for this model and these settings (started on first use), and its start time.
+
+    One engine per process: starting one for another model or other settings first shuts the others
+    down, so two models never share the GPU (at gpu_memory_utilization 0.9 the second would not start)."""
+    key = engine_key(model_dir, options)
     if key not in _ENGINES:
-        _ENGINES[key] = start_engine(key[0], settings)
+        close_engines()
+        _ENGINES[key] = start_engine(key[0], dict(key[1]))
     return _ENGINES[key]
 
 
@@ -98,25 +105,44 @@ def start_engine(model_dir: str, settings: dict[str, Any]) -> tuple[Any, float]:
 
 
 def close_engines() -> None:
-    """Shut down every cached engine (its worker processes go with it)."""
+    """Shut down every cached engine (its worker processes go with it) and return their memory."""
     while _ENGINES:
-        _, (llm, _) = _ENGINES.popitem()
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+        key = next(iter(_ENGINES))
+        close_engine(key)
+
+
+def close_engine(key: tuple[str, tuple[tuple[str, Any], ...]]) -> None:
+    """Shut down one cached engine, if it is still there."""
+    from srlm.generation import release_memory
+
+    found = _ENGINES.pop(key, None)
+    if found is None:
+        return
+    llm = found[0]
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm, found
+    release_memory()
 
 
 class VLLMGenerator:
     """The Generator interface over a cached ``vllm.LLM`` (CPU build or GPU)."""
 
-    def __init__(self, model_dir: str | Path, options: GenerationOptions | None = None):
+    def __init__(self, model_dir: str | Path, options: GenerationOptions | None = None, chat_template: str = ""):
         self.options = options or GenerationOptions()
-        self.model_dir = check_model_dir(model_dir)
-        self.tokenizer = load_tokenizer(model_dir)
+        self.model_dir = check_model_dir(model_dir, require_template=not chat_template)
+        self.tokenizer = load_tokenizer(model_dir, chat_template)  # the engine gets token ids: our template
         self.stop_ids = stop_token_ids(self.tokenizer, load_generation_config(self.model_dir))
         self.pad_id = self.tokenizer.pad_token_id
+        self.key = engine_key(self.model_dir, self.options)
         self.llm, self.start_seconds = engine(self.model_dir, self.options)
         self.stats = GenerationStats()
+
+    def close(self) -> None:
+        """Shut the engine down and return its memory (a later generator starts a new one)."""
+        self.llm = None
+        close_engine(self.key)
 
     def prompt_token_ids(self, prompt: Prompt) -> list[int]:
         return prompt_token_ids(self.tokenizer, prompt)
@@ -141,6 +167,8 @@ class VLLMGenerator:
         params = [self.sampling_params(per_prompt, temperature, top_p, max_new_tokens, request_seed(seed, i)) for i in indices]
         started = time.perf_counter()
         log.info("%s: %d prompts x %d with vLLM", desc, len(indices), n)
+        if self.llm is None or self.key not in _ENGINES:  # closed, or another model's engine took its place
+            self.llm, _ = engine(self.model_dir, self.options)
         outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
         results: list[list[str] | None] = [None for _ in prompts]
         for i, output in zip(indices, outputs):

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import GenerationOptions, GenerationStats, Generator, free_generator, release_memory
+from srlm.generation import GenerationOptions, GenerationStats, Generator
 from srlm.io import Record, atomic_path, read_prompts, write_json, write_jsonl
 from srlm.judge import JudgeConfig, check_template, fill_slots, judge_config_of, judge_pairs, load_template
 from srlm.reports import clip, fence, heading, lineage_summary, lineage_text, num, pct
@@ -139,20 +139,18 @@ class _ModelSlot:
         self.path: Path | None = None
         self.generator: Generator | None = None
 
-    def get(self, model: str | Path) -> Generator:
+    def get(self, model: str | Path, chat_template: str = "") -> Generator:
         path = Path(model).resolve()
         if self.generator is None or path != self.path:
             self.close()
-            self.generator = make_generator(model, self.options)
+            self.generator = make_generator(model, self.options, chat_template)
             self.path = path
         return self.generator
 
     def close(self) -> None:
         if self.generator is not None:
             generator, self.generator, self.path = self.generator, None, None
-            free_generator(generator)
-            del generator
-            release_memory()
+            generator.close()
 
 
 def _majority(verdicts: list[str | None]) -> str | None:
@@ -170,10 +168,11 @@ def _swap(verdict: str | None) -> str | None:
 
 
 def _answers(
-    slot: _ModelSlot, model: str | Path, prompts: list[str], config: WinRateConfig, seed: int, desc: str
+    slot: _ModelSlot, model: str | Path, prompts: list[str], config: WinRateConfig, seed: int, desc: str,
+    chat_template: str = "",
 ) -> tuple[list[str], GenerationStats]:
     """One answer per prompt, and the counts of this call (its replies cut at max_new_tokens among them)."""
-    generator = slot.get(model)
+    generator = slot.get(model, chat_template)
     before = dataclasses.replace(generator.stats)
     outputs = generator.generate(
         prompts, n=1, temperature=config.temperature, top_p=config.top_p,
@@ -260,12 +259,14 @@ def run_winrate(
     judge_model: str | Path,
     prompts: str | Path,
     out: str | Path,
+    chat_template_b: str = "",
 ) -> dict[str, Any]:
     """Head-to-head: A's and B's answers on the same prompts, judged by ``judge_model``.
 
     Loads one model at a time (A, then B, then the judge; a path used twice is loaded once).
     A's answers are sampled with ``seed``, B's with ``seed + 1``, so a model against itself
     compares two independent samples. Outcomes are from A's side: win = A judged better.
+    ``chat_template_b`` is B's template when B has none (M0, a base checkpoint, against M1).
     """
     if config.method == "pairwise":
         template = load_pairwise_template(config.judge_template)
@@ -277,7 +278,7 @@ def run_winrate(
     slot = _ModelSlot(config)
     try:
         answers_a, counts_a = _answers(slot, model_a, texts, config, config.seed, "answers A")
-        answers_b, counts_b = _answers(slot, model_b, texts, config, config.seed + 1, "answers B")
+        answers_b, counts_b = _answers(slot, model_b, texts, config, config.seed + 1, "answers B", chat_template_b)
         judge = slot.get(judge_model)
         if config.method == "pairwise":
             results, judge_counts = _judge_pairwise(judge, texts, answers_a, answers_b, config, template)
@@ -426,7 +427,7 @@ def export_alpaca(
         max_new_tokens=config.max_new_tokens, seed=config.seed, desc="alpaca answers",
     )
     truncation = generator.stats.truncation()
-    free_generator(generator)
+    generator.close()
     del generator
     rows = []
     for record, texts in zip(records, outputs):
