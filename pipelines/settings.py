@@ -24,6 +24,7 @@ from srlm.stages import GROUP_ORDER, RESOURCES, TASKS
 # What a task asks of the cluster (``resources`` of its stage in the registry); the GPU kinds get GPUs.
 GPU_KINDS = tuple(kind for kind in RESOURCES if kind != "cpu")
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # the label KFP puts on every pod of a run
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # per-GPU memory in MiB, set by NVIDIA's GPU feature discovery
 
 
 def run_id(settings: PipelineSettings) -> Any:
@@ -44,6 +45,13 @@ class PipelineSettings:
     defaults: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     accelerator_type: str = "nvidia.com/gpu"
     gpus: dict[str, int] = dataclasses.field(default_factory=lambda: {kind: 1 for kind in GPU_KINDS})
+    # Per task kind (cpu, generation, training, evaluation): {"cpu": "8", "memory": "64Gi"} requests.
+    requests: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # GPU tasks land only on nodes whose GPUs have more than this much memory (MiB; the GPU feature discovery
+    # label nvidia.com/gpu.memory), so an 8B task cannot land on a 24 GB card. 0 = any GPU.
+    min_gpu_memory_mib: dict[str, int] = dataclasses.field(default_factory=dict)
+    model_cache_pvc: str = ""  # mounted at /cache on GPU tasks (HF_HOME, compile caches): manifests/base/model-cache.yaml
+    scratch: str = ""  # size of a per-pod scratch volume on GPU tasks at /scratch (TMPDIR): training work files
     tolerations: tuple[dict[str, Any], ...] = ()
     node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
     mlflow_tracking_uri: str = ""  # set as MLFLOW_TRACKING_URI on every task; "" = the environment's
@@ -66,6 +74,13 @@ class PipelineSettings:
         unknown = sorted(set(self.gpus) - set(GPU_KINDS))
         if unknown:
             raise ValueError(f"gpus: unknown task kind(s) {unknown}; known: {list(GPU_KINDS)}")
+        for name, table in (("requests", self.requests), ("min_gpu_memory_mib", self.min_gpu_memory_mib)):
+            unknown = sorted(set(table) - set(RESOURCES))
+            if unknown:
+                raise ValueError(f"{name}: unknown task kind(s) {unknown}; known: {list(RESOURCES)}")
+        for kind, request in self.requests.items():
+            if set(request) - {"cpu", "memory"}:
+                raise ValueError(f"requests.{kind}: only cpu and memory, got {sorted(request)}")
         for key in self.env:
             if any(word in key.upper() for word in ("SECRET", "PASSWORD", "TOKEN", "KEY")):
                 raise ValueError(f"env {key}: put credentials in a Kubernetes secret (secret_env), not in the YAML")
@@ -88,6 +103,13 @@ CLUSTER = PipelineSettings(
         "evaluation": {"preset": "paper"},
         "mlflow": {"enabled": True, "experiment": "self-rewarding-lm", "model_name": "srlm"},
     },
+    # Sized for a 7-8B model (the paper preset): loading bf16 weights takes 16 GB of host memory, training
+    # with AdamW states much more; generation needs 40+ GB GPUs, full-parameter training 80 GB ones.
+    requests={"cpu": {"cpu": "1", "memory": "4Gi"}, "generation": {"cpu": "8", "memory": "64Gi"},
+              "evaluation": {"cpu": "8", "memory": "64Gi"}, "training": {"cpu": "16", "memory": "192Gi"}},
+    min_gpu_memory_mib={"generation": 40000, "evaluation": 40000, "training": 70000},
+    model_cache_pvc="srlm-model-cache",
+    scratch="200Gi",
     tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
     node_selector={"nvidia.com/gpu.present": "true"},
     mlflow_tracking_uri="http://mlflow.srlm.svc.cluster.local:5000",
@@ -123,13 +145,28 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
     task.set_caching_options(TASKS[stage].cached)
     if settings.run_id_from == "pod":
         kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD)
-    gpus = settings.gpus.get(TASKS[stage].resources, 0)
+    kind = TASKS[stage].resources
+    request = settings.requests.get(kind, {})
+    if "cpu" in request:
+        task.set_cpu_request(request["cpu"])
+    if "memory" in request:
+        task.set_memory_request(request["memory"])
+    gpus = settings.gpus.get(kind, 0)
     if gpus:
         task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(gpus)
         for toleration in settings.tolerations:
             kubernetes.add_toleration(task, **toleration)
         for key, value in sorted(settings.node_selector.items()):
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        if settings.min_gpu_memory_mib.get(kind):
+            kubernetes.add_node_affinity(task, match_expressions=[
+                {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(settings.min_gpu_memory_mib[kind])]}])
+        if settings.model_cache_pvc:
+            kubernetes.mount_pvc(task, pvc_name=settings.model_cache_pvc, mount_path="/cache")
+        if settings.scratch:
+            kubernetes.add_ephemeral_volume(task, volume_name="scratch", mount_path="/scratch",
+                                            access_modes=["ReadWriteOnce"], size=settings.scratch)
+            task.set_env_variable("TMPDIR", "/scratch")
     if settings.mlflow_tracking_uri:
         task.set_env_variable("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     for key, value in sorted(settings.env.items()):

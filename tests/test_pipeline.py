@@ -432,3 +432,30 @@ for r in runs:
 versions = [{"source": v.source, "tags": dict(v.tags)} for v in client.search_model_versions(f"name = '{sys.argv[2]}'")]
 print(json.dumps({"stages": stages, "metrics": metrics, "parent_status": parent, "versions": versions}))
 """
+
+
+def test_cluster_tasks_request_resources_and_gpu_tasks_get_memory_floor_cache_and_scratch(cluster, tiny):
+    """An 8B task must not land on a 24 GB card, nor share a node's memory blindly: every task asks for CPU and
+    memory by its kind; GPU tasks need GPUs above a memory floor and mount the model cache and a scratch volume."""
+    spec, platform = cluster
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    settings = pc.settings_for("cluster")
+    for _, name, task in container_tasks(spec):
+        kind = TASKS[stage_of(task)].resources
+        label, ex = executor(spec, task)
+        resources = ex["container"]["resources"]
+        assert resources["resourceCpuRequest"] == settings.requests[kind]["cpu"], name
+        assert resources["resourceMemoryRequest"] == settings.requests[kind]["memory"], name
+        if kind == "cpu":
+            assert not {"nodeAffinity", "pvcMount", "genericEphemeralVolume"} & set(k8s.get(label, {})), name
+            continue
+        floor = k8s[label]["nodeAffinity"][0]["matchExpressions"][0]
+        assert floor == {"key": "nvidia.com/gpu.memory", "operator": "Gt",
+                         "values": [str(settings.min_gpu_memory_mib[kind])]}, name
+        assert k8s[label]["pvcMount"][0]["mountPath"] == "/cache", name
+        assert k8s[label]["genericEphemeralVolume"][0]["mountPath"] == "/scratch", name
+        assert {"name": "TMPDIR", "value": "/scratch"} in ex["container"]["env"], name
+    assert settings.min_gpu_memory_mib["training"] > settings.min_gpu_memory_mib["generation"] >= 40000
+    tiny_spec, tiny_platform = tiny
+    for _, name, task in container_tasks(tiny_spec):  # the tiny pipeline runs anywhere
+        assert "resourceCpuRequest" not in executor(tiny_spec, task)[1]["container"].get("resources", {}), name
