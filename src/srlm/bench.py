@@ -85,7 +85,8 @@ def _timed_run(gen: Any, prompts: list[str], n: int, max_new_tokens: int) -> tup
     out = gen.generate(prompts, **_sampling(n, max_new_tokens))
     s = gen.stats
     return out, {"sequences": s.completions, "new_tokens": s.new_tokens, "seconds": round(s.seconds, 3),
-                 "tokens_per_second": round(s.tokens_per_second, 1)}
+                 "tokens_per_second": round(s.tokens_per_second, 1),
+                 "truncated_share": round(s.truncation()["truncated_share"], 3)}
 
 
 def shards_identical(gen: Any, prompts: list[str], full: list[Any], n: int, max_new_tokens: int, shards: int = SHARDS) -> bool:
@@ -297,7 +298,8 @@ def latest_demo_summary(runs: Path) -> dict[str, Any] | None:
 def summary(r: dict[str, Any]) -> str:
     g = r["generation"]
     rows = [
-        ("generation, batched", f"{g['batched']['tokens_per_second']:.0f} tok/s", f"{g['batched']['peak_rss_mb']:.0f} MB"),
+        (f"generation, batched ({g['batched']['truncated_share']:.0%} of replies cut at max_new_tokens)",
+         f"{g['batched']['tokens_per_second']:.0f} tok/s", f"{g['batched']['peak_rss_mb']:.0f} MB"),
         ("generation, one at a time", f"{g['one_at_a_time']['tokens_per_second']:.0f} tok/s", f"{g['one_at_a_time']['peak_rss_mb']:.0f} MB"),
         ("  batched / one at a time", f"{g['speedup']:.1f}x", ""),
         (f"judging ({r['judge']['judgements']} judgements, parse rate {1 - r['judge']['parse_failure_rate']:.0%})", f"{r['judge']['judgements_per_second']:.1f} judgements/s", f"{r['judge']['peak_rss_mb']:.0f} MB"),
