@@ -200,7 +200,7 @@ def pool_file(tmp_path) -> Path:
 @pytest.fixture
 def judge(monkeypatch) -> ScriptedJudge:
     fake = ScriptedJudge()
-    monkeypatch.setattr(eft, "make_generator", lambda model, options=None: fake)
+    monkeypatch.setattr(eft, "make_generator", lambda model, options=None, chat_template="": fake)
     return fake
 
 

@@ -292,7 +292,7 @@ class ScriptedGenerator:
 @pytest.fixture
 def scripted(monkeypatch, tmp_path):
     ScriptedGenerator.loaded = []
-    monkeypatch.setattr(winrate, "make_generator", lambda model, options=None: ScriptedGenerator(Path(model).name))
+    monkeypatch.setattr(winrate, "make_generator", lambda model, options=None, chat_template="": ScriptedGenerator(Path(model).name))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": f"task {i}", "dataset": "demo"}) + "\n" for i in range(5)))
     return prompts
