@@ -8,25 +8,22 @@ from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 from components.images import image
 
 
-class Checked(NamedTuple):
-    base_model_uri: str  # for the importer
-    chat_template: str  # the template M0 gets ("" = its own)
-
-
 @dsl.component(base_image=image("validate"), install_kfp_package=False)
 def validate(
     base_model: dict, data: dict, sampling: dict, judging: dict, training: dict, evaluation: dict, mlflow: dict,
     kfp_run_id: str, base_model_kind: str, eft_build: bool, iterations: int, metrics: Output[Metrics],
-) -> Checked:
+) -> NamedTuple("Checked", [("base_model_uri", str), ("chat_template", str)]):
     """Check settings, data, templates, MLflow and the promotion rule before any GPU work; the base model URI
-    and the chat template M0 gets."""
+    (for the importer) and the chat template M0 gets ("" = its own).
+
+    The output type is spelled inline: KFP ships only this function's source to the container."""
     from srlm import stages
 
     groups = dict(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
                   evaluation=evaluation, mlflow=mlflow)
     stats = stages.run_task("validate", metrics, None, None, kfp_run_id, groups=groups,
                             base_model_kind=base_model_kind, eft_build=eft_build, iterations=iterations)
-    return Checked(stats["base_model_uri"], stats["chat_template"])
+    return stats["base_model_uri"], stats["chat_template"]
 
 
 @dsl.component(base_image=image("register"), install_kfp_package=False)

@@ -28,9 +28,11 @@ def base_checkpoint(tiny_model, dest, model_type="llama"):
 
 
 def validate_hf(tmp_path, base_model):
-    return components.validate.python_func(
+    """The chat template validate hands to seed SFT (its outputs: base_model_uri, chat_template)."""
+    _base_model_uri, chat_template = components.validate.python_func(
         **{**GROUPS, "base_model": base_model}, mlflow={"enabled": False}, kfp_run_id="k", base_model_kind="hf",
         eft_build=False, iterations=2, metrics=dsl.Metrics(name="m", uri=str(tmp_path / "m")))
+    return chat_template
 
 
 def test_every_named_template_marks_the_assistant_turns(tiny_model):
@@ -50,9 +52,9 @@ def test_every_named_template_marks_the_assistant_turns(tiny_model):
 
 def test_validation_gives_a_base_checkpoint_a_template_or_says_what_to_set(tiny_model, tmp_path):
     llama = base_checkpoint(tiny_model, tmp_path / "llama-base")
-    assert validate_hf(tmp_path, {"uri": str(llama)}).chat_template == chat_templates.LLAMA_2  # auto, by family
-    assert validate_hf(tmp_path, {"uri": str(llama), "chat_template": "chatml"}).chat_template == chat_templates.CHATML
-    assert validate_hf(tmp_path, {"uri": str(tiny_model)}).chat_template == ""  # its own template is kept
+    assert validate_hf(tmp_path, {"uri": str(llama)}) == chat_templates.LLAMA_2  # auto, by family
+    assert validate_hf(tmp_path, {"uri": str(llama), "chat_template": "chatml"}) == chat_templates.CHATML
+    assert validate_hf(tmp_path, {"uri": str(tiny_model)}) == ""  # its own template is kept
     other = base_checkpoint(tiny_model, tmp_path / "other-base", model_type="gpt_neox")
     with pytest.raises(SrlmError, match="has no chat template and its family is not one srlm knows: set "
                                         "base_model.chat_template to llama-2, llama-3, chatml"):
