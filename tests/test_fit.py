@@ -1,0 +1,104 @@
+"""The fit check (srlm.fit, ``srlm plan``): exact parameter counts, the formula's numbers for known shapes,
+refusals that say what would fit."""
+
+import json
+
+import pytest
+
+from srlm import cli, fit
+from srlm.errors import SrlmError
+from srlm.judge import JudgeConfig
+from srlm.training import DPOConfig, SFTConfig
+
+GIB = 1024**3
+# Public architecture shapes (the models' config.json files, reduced to what counts).
+LLAMA3_8B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+             "max_position_embeddings": 8192, "tie_word_embeddings": False}
+LLAMA2_70B = {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+              "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 4096}
+
+
+def llama_params(c):
+    """Hand count: embeddings and LM head (V h each), per layer q/o (h x h), k/v (h x kv_dim), the gated MLP
+    (3 h f) and two RMSNorms (2 h), the final norm (h)."""
+    h, f, kv_dim = c["hidden_size"], c["intermediate_size"], c["hidden_size"] // c["num_attention_heads"] * c["num_key_value_heads"]
+    layer = 2 * h * h + 2 * h * kv_dim + 3 * h * f + 2 * h
+    return 2 * c["vocab_size"] * h + c["num_hidden_layers"] * layer + h
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return {"8b": fit.model_shape(LLAMA3_8B), "70b": fit.model_shape(LLAMA2_70B)}
+
+
+def test_parameter_counts_are_exact(shapes, tiny_model):
+    assert shapes["8b"].params == llama_params(LLAMA3_8B) == 8_030_261_248  # Meta's published count
+    assert shapes["70b"].params == llama_params(LLAMA2_70B) == 68_976_648_192
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert fit.model_shape(tiny_model).params == sum(p.numel() for p in loaded.parameters())
+
+
+def test_70b_full_parameter_dpo_numbers_on_four_nodes_of_eight(shapes):
+    """Paper preset DPO (reference log-probs precomputed, 4 pairs per device, 2048 tokens, checkpointing), 32 GPUs:
+    model states 16 P / 32; activations 2 s b h L + 34 s b h with b = 8 rows (chosen + rejected); logits 8 s b V;
+    10% + 2 GiB overhead."""
+    p, s, b, h, layers, vocab = 68_976_648_192, 2048, 8, 8192, 80, 32000
+    expected = {"model_states": 16 * p / 32, "activations": 2 * s * b * h * layers + 34 * s * b * h, "logits": 8 * s * b * vocab}
+    expected["overhead"] = 0.1 * sum(expected.values()) + 2 * GIB
+    estimate = fit.check_training(shapes["70b"], DPOConfig(), fit.Layout(4, 8, "zero3", 80), "dpo")
+    assert estimate.parts == pytest.approx(expected)
+    assert estimate.total / GIB == pytest.approx(68.3, abs=0.05) and estimate.fits
+
+
+def test_70b_full_parameter_dpo_is_refused_on_one_80gb_gpu_with_what_would_fit(shapes):
+    with pytest.raises(SrlmError, match=r"needs about 1163\.6 GiB per GPU .* on 1 node\(s\) x 1 GPU\(s\) of 80 GiB, ddp: "
+                                        r"it does not fit\. What would fit: strategy=fsdp2 or zero3 on 4 node\(s\) x 8 GPU\(s\)"):
+        fit.check_training(shapes["70b"], DPOConfig(), fit.Layout(1, 1, "ddp", 80), "dpo", "llama-2-70b")
+    assert not fit.training(shapes["70b"], DPOConfig(), fit.Layout(1, 8, "fsdp2", 80), "dpo").fits  # one node is not enough
+
+
+def test_8b_fits_one_node_of_eight_and_one_gpu_only_with_offload(shapes):
+    on_one_node = fit.Layout(1, 8, "fsdp2", 80)
+    assert fit.check_training(shapes["8b"], SFTConfig(), on_one_node, "sft").total / GIB == pytest.approx(30.4, abs=0.05)
+    assert fit.check_training(shapes["8b"], DPOConfig(), on_one_node, "dpo").total / GIB == pytest.approx(42.4, abs=0.05)
+    found = fit.what_fits(shapes["8b"], SFTConfig(), fit.Layout(1, 1, "ddp", 80), "sft")
+    assert found[0] == "strategy=fsdp2 or zero3 on 1 node(s) x 2 GPU(s)"
+    assert "strategy=zero3_offload on 1 node(s) x 1 GPU(s) (with 90 GiB of CPU memory per node" in found[1]
+
+
+def test_the_reference_model_and_the_batch_count(shapes):
+    layout = fit.Layout(1, 8, "fsdp2", 80)
+    precomputed = fit.training(shapes["8b"], DPOConfig(), layout, "dpo")
+    loaded = fit.training(shapes["8b"], DPOConfig(precompute_ref_log_probs=False), layout, "dpo")
+    assert "reference" not in precomputed.parts and loaded.parts["reference"] == 2 * shapes["8b"].params / 8
+    sft = fit.training(shapes["8b"], SFTConfig(), layout, "sft")
+    assert precomputed.parts["logits"] == 2 * sft.parts["logits"]  # DPO runs chosen and rejected together
+    unchecked = fit.training(shapes["8b"], SFTConfig(gradient_checkpointing=False), layout, "sft")
+    assert unchecked.parts["activations"] > 10 * sft.parts["activations"]
+
+
+def test_generation_needs_tensor_parallelism_for_70b(shapes):
+    layout = fit.Layout(gpu_memory_gib=80)
+    generators = {"judge": JudgeConfig()}
+    estimates = fit.plan(LLAMA2_70B, layout, sft=SFTConfig(), dpo=DPOConfig(), generators=generators)[1]
+    judge = estimates[-1]
+    assert judge.parts["weights"] == 2 * shapes["70b"].params and not judge.fits
+    problems = fit.refusals(shapes["70b"], estimates, layout, sft=SFTConfig(), dpo=DPOConfig(), generators=generators)
+    assert problems[-1].endswith("tensor_parallel_size=2 would fit")
+    assert fit.generation(shapes["70b"], JudgeConfig(tensor_parallel_size=4), 80).fits
+
+
+def test_srlm_plan_prints_the_table_and_exits_2_on_a_refusal(tmp_path, capsys):
+    model = tmp_path / "llama-3-8b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA3_8B))
+    assert cli.main(["plan", "--model", str(model), "--gpus-per-node", "8", "--strategy", "fsdp2"]) == 0
+    out = capsys.readouterr().out
+    assert "8,030,261,248 parameters" in out and out.count("True") == 5  # sft, dpo, prompts, sample, judge
+    assert cli.main(["plan", "--model", str(model)]) == 2
+    assert "What would fit: strategy=fsdp2 or zero3 on 1 node(s) x 2 GPU(s)" in capsys.readouterr().err
+    assert cli.main(["plan", "--model", str(tmp_path / "nothing")]) == 2
+    assert "no config.json" in capsys.readouterr().err
