@@ -11,10 +11,11 @@ from components.images import image
 @dsl.component(base_image=image("validate"), install_kfp_package=False)
 def validate(
     base_model: dict, data: dict, sampling: dict, judging: dict, training: dict, evaluation: dict, mlflow: dict,
-    kfp_run_id: str, base_model_kind: str, eft_build: bool, iterations: int, metrics: Output[Metrics],
+    kfp_run_id: str, base_model_kind: str, eft_build: bool, iterations: int, hardware: dict, metrics: Output[Metrics],
 ) -> NamedTuple("Checked", [("base_model_uri", str), ("chat_template", str)]):
-    """Check settings, data, templates, MLflow and the promotion rule before any GPU work; the base model URI
-    (for the importer) and the chat template M0 gets ("" = its own).
+    """Check settings, data, templates, MLflow, the promotion rule and (``hardware``: the GPUs each task kind gets)
+    that every stage fits its GPUs, before any GPU work; the base model URI (for the importer) and the chat
+    template M0 gets ("" = its own).
 
     The output type is spelled inline: KFP ships only this function's source to the container."""
     from srlm import stages
@@ -22,7 +23,8 @@ def validate(
     groups = dict(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
                   evaluation=evaluation, mlflow=mlflow)
     stats = stages.run_task("validate", metrics, None, None, kfp_run_id, groups=groups,
-                            base_model_kind=base_model_kind, eft_build=eft_build, iterations=iterations)
+                            base_model_kind=base_model_kind, eft_build=eft_build, iterations=iterations,
+                            hardware=hardware)
     return stats["base_model_uri"], stats["chat_template"]
 
 

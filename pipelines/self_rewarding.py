@@ -70,7 +70,7 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
         run = {"mlflow": mlflow, "kfp_run_id": run_id(settings)}
         checked = c.validate(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
                              evaluation=evaluation, base_model_kind=settings.base_model, eft_build=settings.eft_build,
-                             iterations=settings.iterations, **run)
+                             iterations=settings.iterations, hardware=settings.hardware(), **run)
         configure(checked, "validate", settings, "Validate inputs and settings")
 
         if settings.base_model == "tiny":

@@ -52,6 +52,9 @@ class PipelineSettings:
     min_gpu_memory_mib: dict[str, int] = dataclasses.field(default_factory=dict)
     model_cache_pvc: str = ""  # mounted at /cache on GPU tasks (HF_HOME, compile caches): manifests/base/model-cache.yaml
     scratch: str = ""  # size of a per-pod scratch volume on GPU tasks at /scratch (TMPDIR): training work files
+    # Size of the /dev/shm Memory volume on tasks with more than one GPU: NCCL between the training processes,
+    # vLLM's tensor-parallel workers (a container's default /dev/shm is 64 MiB).
+    shm: str = "16Gi"
     tolerations: tuple[dict[str, Any], ...] = ()
     node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
     mlflow_tracking_uri: str = ""  # set as MLFLOW_TRACKING_URI on every task; "" = the environment's
@@ -61,6 +64,11 @@ class PipelineSettings:
     # the downward API (KFP_RUN_ID), so the run id is no input and KFP's cache reuses a deterministic task across
     # runs; "input" = a task input (kfp.local has no pods; it has no cache either).
     run_id_from: str = "pod"
+
+    def hardware(self) -> dict[str, dict[str, int]]:
+        """What each GPU task kind gets, for validation's fit check: GPUs and the memory floor of each."""
+        return {kind: {"gpus": self.gpus.get(kind, 0), "gpu_memory_mib": self.min_gpu_memory_mib.get(kind, 0)}
+                for kind in GPU_KINDS}
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -163,6 +171,9 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
                 {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(settings.min_gpu_memory_mib[kind])]}])
         if settings.model_cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=settings.model_cache_pvc, mount_path="/cache")
+        if gpus > 1 and settings.shm:
+            kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                       size_limit=settings.shm)
         if settings.scratch:
             kubernetes.add_ephemeral_volume(task, volume_name="scratch", mount_path="/scratch",
                                             access_modes=["ReadWriteOnce"], size=settings.scratch)

@@ -31,7 +31,7 @@ def validate_hf(tmp_path, base_model):
     """The chat template validate hands to seed SFT (its outputs: base_model_uri, chat_template)."""
     _base_model_uri, chat_template = components.validate.python_func(
         **{**GROUPS, "base_model": base_model}, mlflow={"enabled": False}, kfp_run_id="k", base_model_kind="hf",
-        eft_build=False, iterations=2, metrics=dsl.Metrics(name="m", uri=str(tmp_path / "m")))
+        eft_build=False, iterations=2, hardware={}, metrics=dsl.Metrics(name="m", uri=str(tmp_path / "m")))
     return chat_template
 
 

@@ -199,7 +199,8 @@ def run_validate(tmp_path, mlflow, **changes):
     metrics = art(dsl.Metrics, tmp_path / "validate-metrics")
     groups = {**GROUPS, **changes}
     checked = components.validate.python_func(**groups, mlflow=mlflow, kfp_run_id="kfp-validate",
-                                              base_model_kind="tiny", eft_build=False, iterations=3, metrics=metrics)
+                                              base_model_kind="tiny", eft_build=False, iterations=3, hardware={},
+                                              metrics=metrics)
     base_model_uri, _chat_template = checked
     return base_model_uri, metrics
 
@@ -262,7 +263,7 @@ def test_validate_hf_base_model_checks_the_directory(tmp_path, tiny_model):
     def validate_hf(uri, **base_model):
         return components.validate.python_func(
             **{**GROUPS, "base_model": {"uri": uri, **base_model}}, mlflow=OFF, kfp_run_id="k", base_model_kind="hf",
-            eft_build=False, iterations=3, metrics=art(dsl.Metrics, tmp_path / "m"))[0]  # (base_model_uri, chat_template)
+            eft_build=False, iterations=3, hardware={}, metrics=art(dsl.Metrics, tmp_path / "m"))[0]  # (base_model_uri, chat_template)
 
     assert validate_hf(str(tiny_model)) == str(tiny_model)
     assert validate_hf("s3://bucket/models/llama") == "s3://bucket/models/llama"

@@ -32,6 +32,15 @@ def shapes():
     return {"8b": fit.model_shape(LLAMA3_8B), "70b": fit.model_shape(LLAMA2_70B)}
 
 
+QWEN2_7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}
+QWEN3_8B = {"model_type": "qwen3", "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+            "tie_word_embeddings": False}
+MISTRAL_7B = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000}
+
+
 def test_parameter_counts_are_exact(shapes, tiny_model):
     assert shapes["8b"].params == llama_params(LLAMA3_8B) == 8_030_261_248  # Meta's published count
     assert shapes["70b"].params == llama_params(LLAMA2_70B) == 68_976_648_192
@@ -39,6 +48,17 @@ def test_parameter_counts_are_exact(shapes, tiny_model):
 
     loaded = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert fit.model_shape(tiny_model).params == sum(p.numel() for p in loaded.parameters())
+
+
+@pytest.mark.parametrize("config", [
+    LLAMA3_8B, LLAMA2_70B, QWEN2_7B, QWEN3_8B, MISTRAL_7B,
+    {**LLAMA3_8B, "num_hidden_layers": 2, "tie_word_embeddings": True},
+    {**LLAMA3_8B, "num_hidden_layers": 2, "attention_bias": True, "mlp_bias": True},
+], ids=["llama-3-8b", "llama-2-70b", "qwen2-7b", "qwen3-8b", "mistral-7b", "tied", "biases"])
+def test_the_formula_the_validation_image_uses_counts_what_transformers_builds(config):
+    """The light validation image has no torch: Llama-style families are counted by formula; transformers
+    building the model on the meta device is the reference."""
+    assert fit.llama_style_params(config) == fit._meta_device_params("model", config)
 
 
 def test_70b_full_parameter_dpo_numbers_on_four_nodes_of_eight(shapes):
@@ -102,3 +122,40 @@ def test_srlm_plan_prints_the_table_and_exits_2_on_a_refusal(tmp_path, capsys):
     assert "What would fit: strategy=fsdp2 or zero3 on 1 node(s) x 2 GPU(s)" in capsys.readouterr().err
     assert cli.main(["plan", "--model", str(tmp_path / "nothing")]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def big_checkpoint(tiny_model, dest, shape):
+    """A model directory with a big model's config.json (tiny weights: validation reads only the config)."""
+    import shutil
+
+    shutil.copytree(tiny_model, dest)
+    (dest / "config.json").write_text(json.dumps(shape))
+    return dest
+
+
+def validate_on(model, hardware, **training):
+    from srlm import validation
+
+    groups = {"base_model": {"uri": str(model)}, "data": {"preset": "tiny"}, "sampling": {"preset": "paper"},
+              "judging": {"preset": "paper"}, "training": {"preset": "paper", **training},
+              "evaluation": {"preset": "tiny"}, "mlflow": {"enabled": False}}
+    return validation.validate(groups, base_model_kind="hf", hardware=hardware)
+
+
+def test_validation_refuses_what_the_compiled_gpus_cannot_hold(tiny_model, tmp_path):
+    one_gpu = {"training": {"gpus": 1.0, "gpu_memory_mib": 81920.0}, "generation": {"gpus": 1.0, "gpu_memory_mib": 81920.0}}
+    big = big_checkpoint(tiny_model, tmp_path / "llama-2-70b", LLAMA2_70B)
+    with pytest.raises(SrlmError) as refused:
+        validate_on(big, one_gpu)
+    message = str(refused.value)
+    for stage in ("sft", "dpo", "prompts", "sample", "judge"):
+        assert f"{stage}: " in message, stage
+    assert "What would fit: strategy=fsdp2 or zero3 on 4 node(s) x 8 GPU(s)" in message
+    assert "tensor_parallel_size=2 would fit" in message
+    eight_gpus = {"training": {"gpus": 8, "gpu_memory_mib": 81920}, "generation": {"gpus": 1, "gpu_memory_mib": 81920}}
+    llama3 = big_checkpoint(tiny_model, tmp_path / "llama-3-8b", LLAMA3_8B)
+    assert validate_on(llama3, eight_gpus, sft={"strategy": "fsdp2"}, dpo={"strategy": "fsdp2"})["problems"] == 0
+    with pytest.raises(SrlmError, match=r"training.sft.gpus_per_node=16 but the compiled pipeline gives training "
+                                        r"tasks 8 GPU\(s\)"):
+        validate_on(llama3, eight_gpus, sft={"strategy": "fsdp2", "gpus_per_node": 16})
+    assert validate_on(big, {})["problems"] == 0  # no GPUs compiled in (the tiny profile): nothing to check

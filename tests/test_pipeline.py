@@ -477,3 +477,27 @@ def test_cluster_tasks_request_resources_and_gpu_tasks_get_memory_floor_cache_an
     tiny_spec, tiny_platform = tiny
     for _, name, task in container_tasks(tiny_spec):  # the tiny pipeline runs anywhere
         assert "resourceCpuRequest" not in executor(tiny_spec, task)[1]["container"].get("resources", {}), name
+
+
+def test_several_gpus_per_task_get_shared_memory(tmp_path, cluster):
+    """gpus.training = 8 (torchrun runs 8 processes: training.gpus_per_node 0 = every GPU the task has) and
+    gpus.generation = 4 (vLLM tensor_parallel_size 4): those tasks ask for that many GPUs and get a /dev/shm
+    Memory volume; one-GPU tasks (the committed cluster YAML) do not."""
+    spec, platform = cluster
+    assert not any("emptyDirMounts" in e for e in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values())
+    gpus = {"training": 8, "generation": 4, "evaluation": 1}
+    out = pc.compile_pipeline(pc.settings_for("cluster", {"gpus": gpus}), tmp_path / "gpus.yaml")
+    spec, platform = load(out)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    seen = set()
+    for _, name, task in container_tasks(spec):
+        kind = TASKS[stage_of(task)].resources
+        if kind == "cpu":
+            continue
+        label, ex = executor(spec, task)
+        assert int(ex["container"]["resources"]["accelerator"]["resourceCount"]) == gpus[kind], name
+        shm = k8s[label].get("emptyDirMounts", [])
+        assert shm == ([{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "16Gi"}]
+                       if gpus[kind] > 1 else []), name
+        seen.add(kind)
+    assert seen == set(gpus)

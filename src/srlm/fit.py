@@ -1,7 +1,8 @@
 """The fit check: memory per GPU of each stage, estimated from the model's config before any GPU work.
 
-Parameters are counted exactly: transformers builds the model from ``config.json`` on the meta
-device (no weights, no memory), so any architecture it knows is counted as it will be loaded.
+Parameters are counted exactly from ``config.json``: by formula for the Llama-style families (the
+validation image has no torch), else by transformers building the model on the meta device (no
+weights, no memory); the tests check the formula against the meta-device count.
 
 Training, per GPU (P parameters, N GPUs in all, bytes):
 
@@ -79,32 +80,57 @@ def read_config(model: str | Path | dict[str, Any]) -> dict[str, Any]:
 
 
 def model_shape(model: str | Path | dict[str, Any]) -> ModelShape:
-    """Count the parameters of the model a config describes by building it on the meta device."""
-    import torch
-    import transformers
-
-    config_dict = dict(read_config(model))
-    model_type = config_dict.pop("model_type", None)
-    if not model_type:
+    """The shape a config describes: counted by formula for the Llama-style families (no torch needed: the
+    validation image has none), else by building the model on the meta device."""
+    config = read_config(model)
+    if not config.get("model_type"):
         raise SrlmError(f"{model}: config.json has no model_type")
+    text = config.get("text_config") or config
     try:
-        config = transformers.AutoConfig.for_model(model_type, **config_dict)
+        heads = text["num_attention_heads"]
+        hidden = text["hidden_size"]
+        shape = dict(layers=text["num_hidden_layers"], hidden=hidden, vocab=text["vocab_size"],
+                     kv_heads=text.get("num_key_value_heads") or heads, head_dim=text.get("head_dim") or hidden // heads,
+                     max_positions=text.get("max_position_embeddings") or 0)
+    except KeyError as e:
+        raise SrlmError(f"{model}: config.json has no {e.args[0]}: cannot estimate the model's memory") from None
+    params = llama_style_params(config) if config["model_type"] in LLAMA_STYLE else _meta_device_params(model, config)
+    return ModelShape(params=params, **shape)
+
+
+LLAMA_STYLE = ("llama", "mistral", "qwen2", "qwen3")  # decoder blocks: attention, gated MLP, RMSNorms
+
+
+def llama_style_params(c: dict[str, Any]) -> int:
+    """Embeddings (and an untied LM head), per layer q/k/v/o (biases in Qwen2), the gated MLP (3 h f), two RMSNorms
+    (plus Qwen3's q/k norms), the final norm."""
+    h, f, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    heads = c["num_attention_heads"]
+    kv, hd = c.get("num_key_value_heads") or heads, c.get("head_dim") or h // heads
+    attention = 2 * h * heads * hd + 2 * h * kv * hd
+    if c["model_type"] == "qwen2" or c.get("attention_bias"):
+        attention += heads * hd + 2 * kv * hd + (h if c.get("attention_bias") and c["model_type"] != "qwen2" else 0)
+    mlp = 3 * h * f + (2 * f + h if c.get("mlp_bias") else 0)
+    norms = 2 * h + (2 * hd if c["model_type"] == "qwen3" else 0)
+    untied = not c.get("tie_word_embeddings", False)
+    return vocab * h * (2 if untied else 1) + layers * (attention + mlp + norms) + h
+
+
+def _meta_device_params(model: Any, config: dict[str, Any]) -> int:
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise SrlmError(f"{model}: model_type {config['model_type']!r} is counted by building it on the meta device, "
+                        "which needs torch and transformers: run `srlm plan` where they are installed") from None
+    values = {k: v for k, v in config.items() if k != "model_type"}
+    try:
+        built_config = transformers.AutoConfig.for_model(config["model_type"], **values)
     except ValueError as e:
-        raise SrlmError(f"{model}: transformers does not know model_type {model_type!r} ({e})") from None
+        raise SrlmError(f"{model}: transformers does not know model_type {config['model_type']!r} ({e})") from None
     with torch.device("meta"):
-        built = transformers.AutoModelForCausalLM.from_config(config)
-    params = sum(p.numel() for p in built.parameters())  # tied weights are one parameter
-    text = config.get_text_config()
-    heads = text.num_attention_heads
-    return ModelShape(
-        params=params,
-        layers=text.num_hidden_layers,
-        hidden=text.hidden_size,
-        vocab=text.vocab_size,
-        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-        max_positions=getattr(text, "max_position_embeddings", 0) or 0,
-    )
+        built = transformers.AutoModelForCausalLM.from_config(built_config)
+    return sum(p.numel() for p in built.parameters())  # tied weights are one parameter
 
 
 @dataclasses.dataclass(frozen=True)

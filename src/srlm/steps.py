@@ -419,7 +419,7 @@ def _local_model(source: str, dest: Path) -> Path:
 
 
 def validate(ctx: RunContext, *, groups: Mapping[str, Any], base_model_kind: str = "tiny", eft_build: bool = False,
-             iterations: int = 3) -> dict[str, Any]:
+             iterations: int = 3, hardware: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Check everything that can be checked before any GPU work (``srlm.validation``); logs the check.
 
     ``groups`` holds every settings group and the ``mlflow`` settings, which validation checks with
@@ -428,7 +428,7 @@ def validate(ctx: RunContext, *, groups: Mapping[str, Any], base_model_kind: str
     from srlm import validation
 
     stats = validation.validate(groups, ctx.kfp_run_id, base_model_kind=base_model_kind, eft_build=eft_build,
-                                iterations=iterations)
+                                iterations=iterations, hardware=hardware)
     tracked = RunContext.of(groups.get("mlflow"), ctx.kfp_run_id)
     params = {"base_model_kind": base_model_kind, "eft_build": eft_build, "iterations": iterations,
               "base_model_uri": stats["base_model_uri"], "chat_template": stats["chat_template"]}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import tempfile
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from srlm import judge
+from srlm import distributed, judge
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import load_tokenizer
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 # (Llama/Qwen/Mistral/Gemma: attention_dropout; GPT-2: *_pdrop; OPT: dropout).
 DROPOUT_ATTRS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
 Precision = Literal["auto", "bf16", "fp16", "no"]
+Strategy = Literal["ddp", "fsdp2", "zero3", "zero3_offload"]
 
 
 @dataclasses.dataclass
@@ -64,6 +66,11 @@ class TrainingOptions:
     logging_steps: int = setting(10, "log loss and metrics every N optimizer steps")
     seed: int = setting(0, "seed for initialisation, shuffling and dropout")
     threads: int = setting(0, "torch CPU threads; 0 = torch's default. Use 1 when tasks run side by side")
+    gpus_per_node: int = setting(
+        0, "training processes (one per GPU) under torchrun; 0 = every GPU the task has (one process on CPU)")
+    strategy: Strategy = setting(
+        "ddp", "how several processes share the model states: ddp (each holds all) | fsdp2 | zero3 (sharded) | "
+        "zero3_offload (optimizer states in CPU memory); fsdp2 and zero3 need GPUs, zero3 the deepspeed package")
 
     def _check_common(self, name: str) -> None:
         lr, final = self.learning_rate, self.final_learning_rate  # type: ignore[attr-defined]
@@ -79,6 +86,8 @@ class TrainingOptions:
             raise SrlmError(f"{name}: max_length must be >= 16, got {self.max_length}")
         if self.warmup < 0 or self.logging_steps < 1:
             raise SrlmError(f"{name}: warmup must be >= 0 and logging_steps >= 1")
+        if self.gpus_per_node < 0:
+            raise SrlmError(f"{name}: gpus_per_node must be >= 0 (0 = every GPU the task has), got {self.gpus_per_node}")
 
 
 @dataclasses.dataclass
@@ -178,8 +187,9 @@ def check_chat_template(tokenizer: Any, model: str | Path) -> str | None:
         ) from None
 
 
-def load_for_training(model: str | Path, dropout: float) -> tuple[Any, dict[str, Any]]:
-    """Load the model in float32 with dropout set on its config; return it and the original dropout values."""
+def load_for_training(model: str | Path, dropout: float, dtype: str = "float32") -> tuple[Any, dict[str, Any]]:
+    """Load the model (float32: the trained copy keeps fp32 master weights) with dropout set on its config; return it
+    and the original dropout values."""
     from transformers import AutoConfig
 
     from srlm.generation import load_causal_lm
@@ -188,7 +198,7 @@ def load_for_training(model: str | Path, dropout: float) -> tuple[Any, dict[str,
     original = {a: getattr(model_config, a) for a in DROPOUT_ATTRS if isinstance(getattr(model_config, a, None), float)}
     if not original and dropout:
         log.warning("%s: no dropout attribute (%s) in the model config; training without dropout", model, DROPOUT_ATTRS)
-    loaded = load_causal_lm(model, "float32", **{a: dropout for a in original})
+    loaded = load_causal_lm(model, dtype, **{a: dropout for a in original})
     return loaded, original
 
 
@@ -207,8 +217,11 @@ def _precision(name: str) -> dict[str, bool]:
 
 def save_dtype(config: Any) -> str:
     """The dtype the trained weights are saved in (``save_dtype``, auto = the training precision's 16-bit type)."""
-    if config.save_dtype != "auto":
-        return config.save_dtype
+    return config.save_dtype if config.save_dtype != "auto" else compute_dtype(config)
+
+
+def compute_dtype(config: Any) -> str:
+    """The training precision's 16-bit dtype (float32 without mixed precision)."""
     return {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(config.mixed_precision), "float32")
 
 
@@ -238,7 +251,33 @@ def trainer_args(config: SFTConfig | DPOConfig, work_dir: str | Path) -> dict[st
         "eval_strategy": "no",
         "dataloader_num_workers": 0,
         **_precision(config.mixed_precision),
+        **_strategy_args(config),
     }
+
+
+def _strategy_args(config: SFTConfig | DPOConfig) -> dict[str, Any]:
+    """TrainingArguments for ``config.strategy``: accelerate turns them into its FSDP or DeepSpeed plugin."""
+    import torch
+
+    args: dict[str, Any] = {}
+    if distributed.world_size() > 1:
+        args["ddp_find_unused_parameters"] = False  # every parameter gets a gradient: skip DDP's extra graph walk
+        if not torch.cuda.is_available():
+            args["ddp_backend"] = "gloo"
+    if config.strategy == "fsdp2":
+        # FSDP2 checkpoints activations itself; transformers' gradient checkpointing would gather weights twice
+        args.update(fsdp=True, gradient_checkpointing=False, fsdp_config={
+            "version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
+            "reshard_after_forward": True, "cpu_ram_efficient_loading": True,
+            "activation_checkpointing": config.gradient_checkpointing})
+    elif config.strategy in ("zero3", "zero3_offload"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise SrlmError(f"training strategy {config.strategy} needs the deepspeed package in the training "
+                            "image (pip install deepspeed), or use fsdp2")
+        args["deepspeed"] = str(distributed.DEEPSPEED_CONFIGS / f"{config.strategy}.json")
+    return args
 
 
 def build_sft_trainer(
@@ -248,7 +287,6 @@ def build_sft_trainer(
     """Validate the inputs, load the model and return a ready TRL SFTTrainer (``run_sft`` trains it).
 
     ``chat_template`` (text) replaces the model's template: a base checkpoint has none; M1 is saved with it."""
-    from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
@@ -267,7 +305,7 @@ def build_sft_trainer(
         assistant_only_loss=config.assistant_only_loss,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )
-    trainer = SFTTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = SFTTrainer(model=policy, args=args, train_dataset=_dataset(rows, work_dir), processing_class=tokenizer)
     trainer.srlm_original_dropout = original_dropout
     trainer.srlm_counts = {"ift_examples": len(ift_records), "eft_examples": len(eft_records)}
     return trainer
@@ -275,7 +313,6 @@ def build_sft_trainer(
 
 def build_dpo_trainer(config: DPOConfig, model: str | Path, pairs: str | Path, work_dir: str | Path) -> Any:
     """Validate the inputs (0 pairs fails before any model loads) and return a ready TRL DPOTrainer."""
-    from datasets import Dataset
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
@@ -286,7 +323,8 @@ def build_dpo_trainer(config: DPOConfig, model: str | Path, pairs: str | Path, w
     policy, original_dropout = load_for_training(model, config.dropout)
     # The reference is M(t) itself. Precomputed: its log-probs come from `policy` before training starts, in eval
     # mode (no dropout). Otherwise a second, separate copy from the same directory (TRL refuses the same object).
-    ref = None if config.precompute_ref_log_probs else load_for_training(model, 0.0)[0]
+    # (Frozen, it needs no fp32 master copy: 16-bit under mixed precision, as the fit check counts it.)
+    ref = None if config.precompute_ref_log_probs else load_for_training(model, 0.0, compute_dtype(config))[0]
     args = TrlDPOConfig(
         **trainer_args(config, work_dir),
         beta=config.beta,
@@ -295,12 +333,29 @@ def build_dpo_trainer(config: DPOConfig, model: str | Path, pairs: str | Path, w
         disable_dropout=False,  # dropout is the paper's 0.1 (config.dropout); set it to 0 to train without
     )
     trainer = DPOTrainer(
-        model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(dpo_examples(records)),
+        model=policy, ref_model=ref, args=args, train_dataset=_dataset(dpo_examples(records), work_dir),
         processing_class=tokenizer,
     )
     trainer.srlm_original_dropout = original_dropout
     trainer.srlm_counts = {"pairs": len(records)}
     return trainer
+
+
+def _dataset(rows: list[dict[str, Any]], work_dir: str | Path) -> Any:
+    """The training rows as a dataset. Several processes read one file through a cache they all see: TRL's
+    precomputed reference log-probs are cached next to the data, and in-memory datasets cache per process."""
+    from datasets import Dataset, load_dataset
+
+    if distributed.world_size() == 1:
+        return Dataset.from_list(rows)
+    from accelerate import PartialState
+
+    path, state = Path(work_dir) / "rows.jsonl", PartialState()
+    with state.main_process_first():  # rank 0 writes the file and builds the cache, then the others read it
+        if state.is_main_process:
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return load_dataset("json", data_files=str(path), cache_dir=str(Path(work_dir) / "datasets"), split="train")
 
 
 def _warn_too_long(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> None:
@@ -347,21 +402,28 @@ def train(trainer: Any, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
 def save(
     trainer: Any, out: str | Path, *, stage: str, parent: str | Path, data: dict[str, Any], config: Any, metrics: dict
 ) -> None:
-    """Write weights, tokenizer, chat template and lineage to ``out`` in one atomic move."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    for name, value in getattr(trainer, "srlm_original_dropout", {}).items():
-        setattr(model.config, name, value)  # dropout is a training setting, not part of the model
-    model.config.use_cache = True
+    """Write weights, tokenizer, chat template and lineage to ``out`` in one atomic move (rank 0 only; with
+    several processes every rank first takes part in gathering the full state dict)."""
     import torch
 
+    accelerator = trainer.accelerator
+    state = accelerator.get_state_dict(trainer.model) if accelerator.num_processes > 1 else None
     dtype = save_dtype(config)
-    model.to(getattr(torch, dtype))  # training is over: the fp32 master weights are not needed any more
     metrics["saved_dtype"] = dtype
-    with atomic_path(out, directory=True) as tmp:
-        model.save_pretrained(tmp)
-        trainer.processing_class.save_pretrained(tmp)
-        write_lineage(tmp, stage=stage, parent=parent, data=data, config=config.to_dict(), metrics=metrics)
-        check_model_dir(tmp)
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(trainer.model)
+        for name, value in getattr(trainer, "srlm_original_dropout", {}).items():
+            setattr(model.config, name, value)  # dropout is a training setting, not part of the model
+        model.config.use_cache = True
+        model.to(getattr(torch, dtype))  # training is over: the fp32 master weights are not needed any more
+        if state is not None:
+            state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
+        with atomic_path(out, directory=True) as tmp:
+            model.save_pretrained(tmp, state_dict=state)
+            trainer.processing_class.save_pretrained(tmp)
+            write_lineage(tmp, stage=stage, parent=parent, data=data, config=config.to_dict(), metrics=metrics)
+            check_model_dir(tmp)
+    accelerator.wait_for_everyone()
 
 
 @contextlib.contextmanager
@@ -380,13 +442,8 @@ def run_sft(
 ) -> dict[str, Any]:
     """Seed SFT: train ``model`` on IFT (+ EFT) conversations, loss on responses only; write M1 to ``out``
     (with ``chat_template`` as its template when given: a base checkpoint has none)."""
-    with _work_dir("sft") as work:
-        trainer = build_sft_trainer(config, model, ift, eft, work, chat_template)
-        metrics = train(trainer, extra_keys=("mean_token_accuracy",))
-        data = {"ift": ift, **({"eft": eft} if eft else {})}
-        save(trainer, out, stage="sft", parent=model, data=data, config=config, metrics=metrics)
-    log.info("SFT done: %s -> %s %s", model, out, metrics)
-    return metrics
+    request = {"stage": "sft", "model": model, "ift": ift, "eft": eft, "out": out, "chat_template": chat_template}
+    return _run(config, request)
 
 
 DPO_LOG_KEYS = (
@@ -398,9 +455,40 @@ def run_dpo(
     config: DPOConfig, model: str | Path, pairs: str | Path, out: str | Path
 ) -> dict[str, Any]:
     """One DPO round from M(t) (also the reference) on that round's pairs; write M(t+1) to ``out``."""
-    with _work_dir("dpo") as work:
-        trainer = build_dpo_trainer(config, model, pairs, work)
+    return _run(config, {"stage": "dpo", "model": model, "pairs": pairs, "out": out})
+
+
+def _run(config: SFTConfig | DPOConfig, request: dict[str, Any]) -> dict[str, Any]:
+    """Train here, or on ``gpus_per_node`` processes under torchrun (each runs :func:`train_request`)."""
+    request = {k: (str(v) if isinstance(v, Path) else v) for k, v in request.items()}
+    nproc = distributed.processes(config)
+    with _work_dir(request["stage"]) as work:
+        if nproc > 1 and not distributed.is_worker():
+            metrics = distributed.launch({**request, "config": config.to_dict()}, work, nproc)
+        else:
+            metrics = _train(config, request, work)
+    log.info("%s done: %s -> %s %s", request["stage"].upper(), request["model"], request["out"], metrics)
+    return metrics
+
+
+def train_request(request: dict[str, Any], work: str | Path) -> dict[str, Any]:
+    """A torchrun worker's part of a training request (``srlm.distributed``): the same code as one process."""
+    cls = {"sft": SFTConfig, "dpo": DPOConfig}[request["stage"]]
+    config = cls.from_dict(request["config"], where="training request")
+    return _train(config, request, work)
+
+
+def _train(config: SFTConfig | DPOConfig, request: dict[str, Any], work: str | Path) -> dict[str, Any]:
+    model, out = request["model"], request["out"]
+    if request["stage"] == "sft":
+        ift, eft = request["ift"], request.get("eft")
+        trainer = build_sft_trainer(config, model, ift, eft, work, request.get("chat_template", ""))
+        metrics = train(trainer, extra_keys=("mean_token_accuracy",))
+        data = {"ift": ift, **({"eft": eft} if eft else {})}
+    else:
+        trainer = build_dpo_trainer(config, model, request["pairs"], work)
         metrics = train(trainer, extra_keys=DPO_LOG_KEYS)
-        save(trainer, out, stage="dpo", parent=model, data={"pairs": pairs}, config=config, metrics=metrics)
-    log.info("DPO done: %s -> %s %s", model, out, metrics)
+        data = {"pairs": request["pairs"]}
+    metrics["processes"] = distributed.world_size()
+    save(trainer, out, stage=request["stage"], parent=model, data=data, config=config, metrics=metrics)
     return metrics

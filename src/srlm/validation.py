@@ -24,9 +24,12 @@ BASE_MODEL_KINDS = ("tiny", "hf")
 
 
 def validate(groups: Mapping[str, Any], kfp_run_id: str = "", *, base_model_kind: str = "tiny",
-             eft_build: bool = False, iterations: int = 3) -> dict[str, Any]:
+             eft_build: bool = False, iterations: int = 3, hardware: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Check the pipeline's settings ``groups`` (every settings group plus ``mlflow``); SrlmError listing
-    every problem. Returns counts plus ``base_model_uri`` (for the importer; "" for the tiny model)."""
+    every problem. Returns counts plus ``base_model_uri`` (for the importer; "" for the tiny model).
+
+    ``hardware`` is what the compiled pipeline gives each GPU task kind, ``{"training": {"gpus": 1,
+    "gpu_memory_mib": 70000}, "generation": {...}}``: with it, a local base model gets the fit check."""
     from srlm import stages
 
     started = time.perf_counter()
@@ -65,6 +68,8 @@ def validate(groups: Mapping[str, Any], kfp_run_id: str = "", *, base_model_kind
             problems.append("base_model.uri is empty: give the Hugging Face model directory (s3://..., a mounted path)")
         else:
             template = check(_check_base_model, uri, str(base_model.get("chat_template") or "auto")) or ""
+            if hardware and urllib.parse.urlparse(uri).scheme in ("", "file"):
+                check(_check_fit, urllib.parse.urlparse(uri).path, configs, hardware)
     elif base_model_kind not in BASE_MODEL_KINDS:
         problems.append(f"unknown base model kind {base_model_kind!r} (compile-time setting: tiny | hf)")
 
@@ -107,6 +112,43 @@ def _check_base_model(uri: str, chat_template: str) -> str:
     if parsed.scheme not in ("s3", "gs", "minio", "oci", "https", "http"):
         raise SrlmError(f"base_model.uri {uri!r}: unsupported scheme {parsed.scheme!r} (use s3://, gs://, minio://, oci:// or a path)")
     return chat_templates.resolve(chat_template, None)
+
+
+def _check_fit(model: str, configs: Mapping[str, Any], hardware: Mapping[str, Any]) -> None:
+    """Every training and generating stage fits the GPUs its task gets (``srlm.fit``), before hours of GPU time.
+    A remote base model is estimated by hand: ``srlm plan --model <its config.json>``."""
+    from srlm import fit
+
+    if not (Path(model) / "config.json").is_file():
+        return  # check_model_dir has said what is missing
+    shape, problems = fit.model_shape(model), []
+    training, generation = hardware.get("training") or {}, hardware.get("generation") or {}
+    gpus = int(training.get("gpus") or 1)  # KFP hands numbers in a dict over as floats
+    if training.get("gpu_memory_mib"):
+        for stage in ("sft", "dpo"):
+            config = configs.get(f"training.{stage}")
+            if config is None:
+                continue
+            if config.gpus_per_node > gpus:
+                problems.append(f"training.{stage}.gpus_per_node={config.gpus_per_node} but the compiled pipeline gives "
+                                f"training tasks {gpus} GPU(s): compile with --set 'gpus={{\"training\": "
+                                f"{config.gpus_per_node}}}' or set 0 (every GPU the task has)")
+                continue
+            layout = fit.Layout(1, config.gpus_per_node or gpus, config.strategy,
+                                training["gpu_memory_mib"] / 1024)
+            try:
+                fit.check_training(shape, config, layout, stage, model)
+            except SrlmError as e:
+                problems.append(str(e))
+    if generation.get("gpu_memory_mib"):
+        generators = {name: configs[key] for name, key in (("prompts", "sampling.prompts"), ("sample", "sampling.candidates"),
+                                                           ("judge", "judging.judge"))
+                      if configs.get(key) is not None and configs[key].backend != "openai"}
+        layout = fit.Layout(gpu_memory_gib=generation["gpu_memory_mib"] / 1024)
+        estimates = [fit.generation(shape, options, layout.gpu_memory_gib, name) for name, options in generators.items()]
+        problems += fit.refusals(shape, estimates, layout, sft=None, dpo=None, generators=generators, name=model)
+    if problems:
+        raise SrlmError("the fit check (srlm plan) refuses this configuration: " + "; ".join(problems))
 
 
 def _check_data(data: Mapping[str, Any], seed_config: Any, eft_build: bool) -> None:
