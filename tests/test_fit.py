@@ -120,6 +120,12 @@ def test_srlm_plan_prints_the_table_and_exits_2_on_a_refusal(tmp_path, capsys):
     assert "8,030,261,248 parameters" in out and out.count("True") == 5  # sft, dpo, prompts, sample, judge
     assert cli.main(["plan", "--model", str(model)]) == 2
     assert "What would fit: strategy=fsdp2 or zero3 on 1 node(s) x 2 GPU(s)" in capsys.readouterr().err
+    big = tmp_path / "llama-2-70b"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps(LLAMA2_70B))
+    assert cli.main(["plan", "--model", str(big), "--nodes", "4", "--gpus-per-node", "8", "--strategy", "zero3",
+                     "--tensor-parallel-size", "4"]) == 0
+    assert capsys.readouterr().out.count("True") == 5
     assert cli.main(["plan", "--model", str(tmp_path / "nothing")]) == 2
     assert "no config.json" in capsys.readouterr().err
 
@@ -133,11 +139,11 @@ def big_checkpoint(tiny_model, dest, shape):
     return dest
 
 
-def validate_on(model, hardware, **training):
+def validate_on(model, hardware, judging=None, **training):
     from srlm import validation
 
     groups = {"base_model": {"uri": str(model)}, "data": {"preset": "tiny"}, "sampling": {"preset": "paper"},
-              "judging": {"preset": "paper"}, "training": {"preset": "paper", **training},
+              "judging": judging or {"preset": "paper"}, "training": {"preset": "paper", **training},
               "evaluation": {"preset": "tiny"}, "mlflow": {"enabled": False}}
     return validation.validate(groups, base_model_kind="hf", hardware=hardware)
 
@@ -158,4 +164,7 @@ def test_validation_refuses_what_the_compiled_gpus_cannot_hold(tiny_model, tmp_p
     with pytest.raises(SrlmError, match=r"training.sft.gpus_per_node=16 but the compiled pipeline gives training "
                                         r"tasks 8 GPU\(s\)"):
         validate_on(llama3, eight_gpus, sft={"strategy": "fsdp2", "gpus_per_node": 16})
+    with pytest.raises(SrlmError, match=r"judge: tensor_parallel_size=4 but the compiled pipeline gives generation "
+                                        r"tasks 1 GPU\(s\)"):
+        validate_on(llama3, {**eight_gpus, "training": {}}, judging={"preset": "paper", "judge": {"tensor_parallel_size": 4}})
     assert validate_on(big, {})["problems"] == 0  # no GPUs compiled in (the tiny profile): nothing to check

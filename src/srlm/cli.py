@@ -56,6 +56,7 @@ def _add_plan(sub: Any) -> None:
     p.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per training node")
     p.add_argument("--strategy", choices=fit.STRATEGIES, default="ddp", help="how training spreads the model states")
     p.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory of each GPU")
+    p.add_argument("--tensor-parallel-size", type=int, help="GPUs one vLLM engine spans (default: the settings')")
     p.set_defaults(stage=None)
 
 
@@ -65,10 +66,13 @@ def _plan(args: argparse.Namespace) -> int:
     def config(cls: type) -> Any:
         return cls.load(args.preset, yaml_path=args.settings)
 
+    def generator(cls: type) -> Any:
+        return cls.load(args.preset, yaml_path=args.settings, tensor_parallel_size=args.tensor_parallel_size)
+
     layout = fit.Layout(args.nodes, args.gpus_per_node, args.strategy, args.gpu_memory_gib)
     configs = {"sft": config(SFTConfig), "dpo": config(DPOConfig),
-               "generators": {"prompts": config(PromptGenConfig), "sample": config(SamplingConfig),
-                              "judge": config(JudgeConfig)}}
+               "generators": {"prompts": generator(PromptGenConfig), "sample": generator(SamplingConfig),
+                              "judge": generator(JudgeConfig)}}
     shape, estimates = fit.plan(args.model, layout, **configs)
     print(f"{args.model}: {shape.params:,} parameters; training on {layout.describe()}; generation with vLLM")
     print(fit.format_table([e.summary() for e in estimates]))

@@ -144,6 +144,12 @@ def _check_fit(model: str, configs: Mapping[str, Any], hardware: Mapping[str, An
         generators = {name: configs[key] for name, key in (("prompts", "sampling.prompts"), ("sample", "sampling.candidates"),
                                                            ("judge", "judging.judge"))
                       if configs.get(key) is not None and configs[key].backend != "openai"}
+        generation_gpus = int(generation.get("gpus") or 1)
+        for name, options in generators.items():
+            if options.tensor_parallel_size > generation_gpus:
+                problems.append(f"{name}: tensor_parallel_size={options.tensor_parallel_size} but the compiled pipeline "
+                                f"gives generation tasks {generation_gpus} GPU(s): compile with --set 'gpus="
+                                f"{{\"generation\": {options.tensor_parallel_size}}}'")
         layout = fit.Layout(gpu_memory_gib=generation["gpu_memory_mib"] / 1024)
         estimates = [fit.generation(shape, options, layout.gpu_memory_gib, name) for name, options in generators.items()]
         problems += fit.refusals(shape, estimates, layout, sft=None, dpo=None, generators=generators, name=model)
