@@ -18,6 +18,7 @@ from typing import Any
 
 from kfp import kubernetes
 
+from components.images import image
 from srlm.context import RUN_ID_ENV
 from srlm.stages import GROUP_ORDER, RESOURCES, TASKS
 
@@ -51,6 +52,9 @@ class PipelineSettings:
     # label nvidia.com/gpu.memory), so an 8B task cannot land on a 24 GB card. 0 = any GPU.
     min_gpu_memory_mib: dict[str, int] = dataclasses.field(default_factory=dict)
     model_cache_pvc: str = ""  # mounted at /cache on GPU tasks (HF_HOME, compile caches): manifests/base/model-cache.yaml
+    # Mounted at /models on training tasks: the RWX volume TrainJob nodes share (manifests/trainer/models-volume.yaml;
+    # training.shared_dir: /models). Empty = none.
+    models_pvc: str = ""
     scratch: str = ""  # size of a per-pod scratch volume on GPU tasks at /scratch (TMPDIR): training work files
     # Size of the /dev/shm Memory volume on tasks with more than one GPU: NCCL between the training processes,
     # vLLM's tensor-parallel workers (a container's default /dev/shm is 64 MiB).
@@ -178,6 +182,9 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
             kubernetes.add_ephemeral_volume(task, volume_name="scratch", mount_path="/scratch",
                                             access_modes=["ReadWriteOnce"], size=settings.scratch)
             task.set_env_variable("TMPDIR", "/scratch")
+    if settings.models_pvc and kind == "training":
+        kubernetes.mount_pvc(task, pvc_name=settings.models_pvc, mount_path="/models")
+    task.set_env_variable("SRLM_IMAGE", image(stage))  # a training stage's TrainJob nodes run the same image
     if settings.mlflow_tracking_uri:
         task.set_env_variable("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     for key, value in sorted(settings.env.items()):

@@ -128,3 +128,17 @@ def test_two_nodes_from_the_trainers_pet_variables(tiny_model, seed_dir, tmp_pat
     metrics = distributed.read_result(tmp_path, 0)
     assert metrics["processes"] == 2 and metrics["steps"] == 4
     loads_and_changed(out, tiny_model)
+
+
+def test_the_hardware_is_set_once_per_group():
+    """Group-level hardware keys reach every config of the group that has them (SFT and DPO alike; every
+    generating stage's tensor parallelism)."""
+    from srlm import stages
+
+    group = {"preset": "tiny", "nodes": 4, "gpus_per_node": 8, "strategy": "fsdp2", "shared_dir": "/models",
+             "dpo": {"nodes": 2}}
+    sft, dpo = (stages.group_config("training", group, key) for key in ("sft", "dpo"))
+    assert (sft.nodes, sft.gpus_per_node, sft.strategy, sft.shared_dir) == (4, 8, "fsdp2", "/models")
+    assert (dpo.nodes, dpo.gpus_per_node) == (2, 8)  # a config's own value wins
+    sampling = {"preset": "tiny", "tensor_parallel_size": 4}
+    assert {stages.group_config("sampling", sampling, k).tensor_parallel_size for k in ("prompts", "candidates")} == {4}

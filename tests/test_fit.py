@@ -168,3 +168,12 @@ def test_validation_refuses_what_the_compiled_gpus_cannot_hold(tiny_model, tmp_p
                                         r"tasks 1 GPU\(s\)"):
         validate_on(llama3, {**eight_gpus, "training": {}}, judging={"preset": "paper", "judge": {"tensor_parallel_size": 4}})
     assert validate_on(big, {})["problems"] == 0  # no GPUs compiled in (the tiny profile): nothing to check
+
+
+def test_validation_plans_a_trainjob_on_its_nodes_not_on_the_task(tiny_model, tmp_path):
+    big = big_checkpoint(tiny_model, tmp_path / "llama-2-70b", LLAMA2_70B)
+    launcher_only = {"training": {"gpus": 0, "gpu_memory_mib": 81920}}  # the task launches; the nodes train
+    four_nodes = {"nodes": 4, "gpus_per_node": 8, "strategy": "zero3", "shared_dir": "/models"}
+    assert validate_on(big, launcher_only, sft=four_nodes, dpo=four_nodes)["problems"] == 0
+    with pytest.raises(SrlmError, match=r"dpo: .* on 2 node\(s\) x 8 GPU\(s\) of 80 GiB, zero3: it does not fit"):
+        validate_on(big, launcher_only, sft=four_nodes, dpo={**four_nodes, "nodes": 2})

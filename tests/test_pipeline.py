@@ -501,3 +501,21 @@ def test_several_gpus_per_task_get_shared_memory(tmp_path, cluster):
                        if gpus[kind] > 1 else []), name
         seen.add(kind)
     assert seen == set(gpus)
+
+
+def test_training_tasks_mount_the_shared_models_volume_for_trainjobs(tmp_path):
+    """models_pvc: the training tasks (TrainJob launchers in trainjob mode) see the RWX volume the nodes share at
+    /models (training.shared_dir), and every task knows its own image (SRLM_IMAGE: the nodes run the same one)."""
+    settings = pc.settings_for("cluster", {"models_pvc": "srlm-models", "gpus": {"training": 0}})
+    spec, platform = load(pc.compile_pipeline(settings, tmp_path / "trainjob.yaml"))
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    from components.images import image
+
+    for _, name, task in container_tasks(spec):
+        stage = stage_of(task)
+        label, ex = executor(spec, task)
+        mounts = [m["mountPath"] for m in k8s.get(label, {}).get("pvcMount", [])]
+        assert ("/models" in mounts) == (TASKS[stage].resources == "training"), name
+        assert {"name": "SRLM_IMAGE", "value": image(stage)} in ex["container"]["env"], name
+        if TASKS[stage].resources == "training":
+            assert "accelerator" not in ex["container"].get("resources", {}), name  # the nodes hold the GPUs

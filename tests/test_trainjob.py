@@ -169,3 +169,30 @@ def test_seed_sft_on_two_nodes_through_a_trainjob(api, tiny_model, seed_dir, tmp
     check_model_dir(out)
     assert read_lineage(out)["metrics"]["processes"] == 2
     assert f"[{body['metadata']['name']}-node-0-1]" in log.getvalue()  # the second node's log reached the task log
+
+
+@pytest.mark.slow
+def test_a_training_stage_with_two_nodes_runs_as_a_trainjob(api, tiny_model, seed_dir, tmp_path, monkeypatch):
+    """training.nodes = 2: run_sft stages its inputs under shared_dir, the TrainJob trains there, the model comes
+    back to the stage's output; the launcher finds the API through a kubeconfig, as outside a cluster."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+        "clusters": [{"name": "standin", "cluster": {"server": api.client.configuration.host}}],
+        "users": [{"name": "me", "user": {}}],
+        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "me", "namespace": NAMESPACE}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    shared = tmp_path / "models"
+    config = training.SFTConfig.load("tiny", max_steps=4, logging_steps=1, nodes=2, shared_dir=str(shared),
+                                     trainjob_image="srlm-sft", trainjob_namespace=NAMESPACE)
+    out = tmp_path / "outputs" / "m1"
+    metrics = training.run_sft(config, tiny_model, seed_dir / "ift.jsonl", out, eft=seed_dir / "eft_train.jsonl")
+    assert metrics["processes"] == 2 and len(api.cluster.created) == 1
+    check_model_dir(out)
+    assert read_lineage(out)["metrics"]["processes"] == 2
+    assert list(shared.iterdir()) == []  # the job's work directory (staged inputs, the model) is gone
+    with pytest.raises(SrlmError, match="needs launcher trainjob"):
+        training.SFTConfig.load("tiny", nodes=2, launcher="pod")
+    with pytest.raises(SrlmError, match="a TrainJob needs shared_dir"):
+        training.SFTConfig.load("tiny", nodes=2)

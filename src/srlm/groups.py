@@ -3,8 +3,8 @@
     sampling = {"preset": "tiny", "threads": 1, "candidates": {"n": 4}}
 
 ``preset`` applies to every config of the group; the shared keys (``threads``, ``backend``,
-``dtype``) at group level apply to each of the group's configs that has that setting; a config's
-own dict wins. Which keys a group has comes from the stage registry (``srlm.stages.GROUPS``).
+``dtype``, the GPUs and nodes: :data:`SHARED_KEYS`) at group level apply to each of the group's
+configs that has that setting; a config's own dict wins. Which keys a group has comes from the stage registry (``srlm.stages.GROUPS``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ from typing import Any
 from srlm.config import StageConfig
 from srlm.errors import SrlmError
 
-SHARED_KEYS = ("threads", "backend", "dtype")
+# Group-level keys that apply to every config of the group that has the setting: the engine, and the hardware
+# (the same GPUs and nodes for SFT and DPO, the same tensor parallelism for every generating stage).
+SHARED_KEYS = ("threads", "backend", "dtype", "tensor_parallel_size", "gpu_memory_utilization", "nodes",
+               "gpus_per_node", "strategy", "launcher", "shared_dir", "trainjob_image", "trainjob_namespace",
+               "trainjob_timeout_hours")
 
 
 def check_group(name: str, group: Mapping[str, Any] | None, keys: Mapping[str, Any] | tuple[str, ...]) -> dict[str, Any]:

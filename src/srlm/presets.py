@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from srlm.errors import SrlmError
+from srlm.groups import SHARED_KEYS
 
-SHARED_KEYS = ("threads", "backend", "dtype")  # as srlm.groups: group-level keys every config of the group takes
 META_KEYS = ("base",)
 
 

@@ -71,6 +71,16 @@ class TrainingOptions:
     strategy: Strategy = setting(
         "ddp", "how several processes share the model states: ddp (each holds all) | fsdp2 | zero3 (sharded) | "
         "zero3_offload (optimizer states in CPU memory); fsdp2 and zero3 need GPUs, zero3 the deepspeed package")
+    nodes: int = setting(1, "training nodes; more than 1 runs the stage as a Kubeflow Trainer TrainJob")
+    launcher: Literal["auto", "pod", "trainjob"] = setting(
+        "auto", "where training runs: pod (this task, gpus_per_node processes) | trainjob (a Kubeflow Trainer TrainJob "
+        "of nodes x gpus_per_node processes) | auto (trainjob when nodes > 1)")
+    shared_dir: str = setting(
+        "", "trainjob: a directory every node sees (the RWX volume of manifests/trainer, e.g. /models): inputs not "
+        "already under it are copied in, the trained model is copied out to the task's output")
+    trainjob_image: str = setting("", "trainjob: the nodes' image; empty = the task's own ($SRLM_IMAGE)")
+    trainjob_namespace: str = setting("", "trainjob: namespace; empty = the task's own (its service account's)")
+    trainjob_timeout_hours: float = setting(48.0, "trainjob: fail (and delete the job) when it has not finished by then")
 
     def _check_common(self, name: str) -> None:
         lr, final = self.learning_rate, self.final_learning_rate  # type: ignore[attr-defined]
@@ -88,6 +98,15 @@ class TrainingOptions:
             raise SrlmError(f"{name}: warmup must be >= 0 and logging_steps >= 1")
         if self.gpus_per_node < 0:
             raise SrlmError(f"{name}: gpus_per_node must be >= 0 (0 = every GPU the task has), got {self.gpus_per_node}")
+        if self.nodes < 1:
+            raise SrlmError(f"{name}: nodes must be >= 1, got {self.nodes}")
+        if self.nodes > 1 and self.launcher == "pod":
+            raise SrlmError(f"{name}: nodes={self.nodes} needs launcher trainjob (or auto): a pod is one node")
+        if self.uses_trainjob() and not self.shared_dir:
+            raise SrlmError(f"{name}: a TrainJob needs shared_dir, a directory every node sees (the RWX volume)")
+
+    def uses_trainjob(self) -> bool:
+        return self.launcher == "trainjob" or (self.launcher == "auto" and self.nodes > 1)
 
 
 @dataclasses.dataclass
@@ -461,6 +480,10 @@ def run_dpo(
 def _run(config: SFTConfig | DPOConfig, request: dict[str, Any]) -> dict[str, Any]:
     """Train here, or on ``gpus_per_node`` processes under torchrun (each runs :func:`train_request`)."""
     request = {k: (str(v) if isinstance(v, Path) else v) for k, v in request.items()}
+    if config.uses_trainjob() and not distributed.is_worker():
+        metrics = _run_trainjob(config, request)
+        log.info("%s done on a TrainJob: %s -> %s %s", request["stage"].upper(), request["model"], request["out"], metrics)
+        return metrics
     nproc = distributed.processes(config)
     with _work_dir(request["stage"]) as work:
         if nproc > 1 and not distributed.is_worker():
@@ -469,6 +492,52 @@ def _run(config: SFTConfig | DPOConfig, request: dict[str, Any]) -> dict[str, An
             metrics = _train(config, request, work)
     log.info("%s done: %s -> %s %s", request["stage"].upper(), request["model"], request["out"], metrics)
     return metrics
+
+
+def _run_trainjob(config: SFTConfig | DPOConfig, request: dict[str, Any]) -> dict[str, Any]:
+    """Train on a Kubeflow Trainer TrainJob: inputs staged under ``shared_dir``, the model copied back to ``out``."""
+    import os
+    import shutil
+
+    from srlm import trainjob
+
+    name = trainjob.job_name(str(Path(request["out"]).resolve()), request["stage"], None)
+    shared = Path(config.shared_dir).resolve()
+    work = shared / name
+    work.mkdir(parents=True, exist_ok=True)
+    staged = {k: _stage_in(v, shared, work / "inputs" / k) if k in ("model", "ift", "eft", "pairs") and v else v
+              for k, v in request.items()}
+    out = Path(request["out"]).resolve()
+    staged["out"] = str(out if out.is_relative_to(shared) else work / "model")
+    path = distributed.write_request(work, {**staged, "config": config.to_dict()})
+    image = config.trainjob_image or os.environ.get("SRLM_IMAGE", "")
+    if not image:
+        raise SrlmError("trainjob: no image for the nodes: set training.trainjob_image (the pipeline sets $SRLM_IMAGE)")
+    nproc = config.gpus_per_node or 1
+    resources = {"limits": {"nvidia.com/gpu": nproc}} if config.gpus_per_node else None
+    body = trainjob.manifest(name, str(path), image=image, nodes=config.nodes, nproc_per_node=nproc,
+                             resources_per_node=resources)
+    trainjob.run(body, config.trainjob_namespace or trainjob.own_namespace(), timeout_s=config.trainjob_timeout_hours * 3600)
+    metrics = distributed.read_result(work, 0)
+    if Path(staged["out"]) != out:
+        with atomic_path(out, directory=True) as tmp:
+            shutil.copytree(staged["out"], tmp, dirs_exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def _stage_in(path: str, shared: Path, target: Path) -> str:
+    """``path`` itself when every node sees it (under ``shared``), else a copy there."""
+    import shutil
+
+    source = Path(path).resolve()
+    if source.is_relative_to(shared):
+        return str(source)
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+    return str(target)
 
 
 def train_request(request: dict[str, Any], work: str | Path) -> dict[str, Any]:

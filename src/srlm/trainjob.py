@@ -61,14 +61,29 @@ def finished(job: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def own_namespace() -> str:
+    """The namespace of the pod this runs in (its service account's), else ``default``."""
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
 def default_api_client() -> Any:
     """In a pod: its service account; elsewhere: the kubeconfig."""
+    import os
+
     from kubernetes import client, config
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        try:  # KUBECONFIG as it is now (the client reads it once, at import)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+        except (config.ConfigException, OSError) as e:
+            raise SrlmError(f"no Kubernetes API to create the TrainJob on: not in a pod, and no kubeconfig ({e})") from None
     return client.ApiClient()
 
 
@@ -111,7 +126,7 @@ class TrainJobs:
 
     def wait(self, name: str, timeout_s: float, poll_s: float = 10.0) -> dict[str, Any]:
         """Wait until the job is over, copying its pods' logs; SrlmError when it failed or the time ran out."""
-        deadline = time.monotonic() + timeout_s
+        deadline, checks = time.monotonic() + timeout_s, 0
         while True:
             job = self.get(name)
             self.copy_logs(name)
@@ -124,7 +139,8 @@ class TrainJobs:
             if time.monotonic() >= deadline:
                 raise SrlmError(f"TrainJob {name} did not finish within {timeout_s:g} s; "
                                 "it was deleted")
-            time.sleep(poll_s)
+            time.sleep(min(poll_s, 0.5 * 1.5**checks))  # quick at first, then every poll_s
+            checks += 1
 
     def copy_logs(self, name: str) -> None:
         """Print what each of the job's pods logged since the last call, each line prefixed with its pod."""

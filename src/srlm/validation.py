@@ -129,6 +129,14 @@ def _check_fit(model: str, configs: Mapping[str, Any], hardware: Mapping[str, An
             config = configs.get(f"training.{stage}")
             if config is None:
                 continue
+            if config.uses_trainjob():  # the TrainJob's nodes, not this task, hold the GPUs
+                layout = fit.Layout(config.nodes, max(1, config.gpus_per_node), config.strategy,
+                                    training["gpu_memory_mib"] / 1024)
+                try:
+                    fit.check_training(shape, config, layout, stage, model)
+                except SrlmError as e:
+                    problems.append(str(e))
+                continue
             if config.gpus_per_node > gpus:
                 problems.append(f"training.{stage}.gpus_per_node={config.gpus_per_node} but the compiled pipeline gives "
                                 f"training tasks {gpus} GPU(s): compile with --set 'gpus={{\"training\": "
