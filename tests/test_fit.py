@@ -177,3 +177,29 @@ def test_validation_plans_a_trainjob_on_its_nodes_not_on_the_task(tiny_model, tm
     assert validate_on(big, launcher_only, sft=four_nodes, dpo=four_nodes)["problems"] == 0
     with pytest.raises(SrlmError, match=r"dpo: .* on 2 node\(s\) x 8 GPU\(s\) of 80 GiB, zero3: it does not fit"):
         validate_on(big, launcher_only, sft=four_nodes, dpo={**four_nodes, "nodes": 2})
+
+
+def test_lora_counts_what_peft_adds_and_fits_8b_on_one_gpu(shapes, tiny_model):
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    def peft_trainable(model):
+        adapted = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+        return sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+
+    values = {k: v for k, v in LLAMA3_8B.items() if k != "model_type"}
+    with torch.device("meta"):
+        llama3 = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model("llama", **values))
+    assert fit.lora_params(shapes["8b"], 16, ["all-linear"]) == peft_trainable(llama3) == 41_943_040
+    tiny = fit.model_shape(tiny_model)
+    assert fit.lora_params(tiny, 16, ["all-linear"]) == peft_trainable(transformers.AutoModelForCausalLM.from_pretrained(tiny_model))
+    assert fit.lora_params(shapes["8b"], 8, ["q_proj", "v_proj"]) == 32 * 8 * ((4096 + 4096) + (4096 + 1024))
+
+    lora = SFTConfig(peft="lora")
+    estimate = fit.check_training(shapes["8b"], lora, fit.Layout(1, 1, "ddp", 80), "sft")
+    assert estimate.parts["frozen_weights"] == 2 * shapes["8b"].params and "model_states" not in estimate.parts
+    assert estimate.parts["adapter_states"] == 16 * 41_943_040
+    assert estimate.total / GIB == pytest.approx(31.2, abs=0.1)
+    assert "reference" not in fit.training(shapes["8b"], DPOConfig(peft="lora", precompute_ref_log_probs=False),
+                                           fit.Layout(1, 1, "ddp", 80), "dpo").parts  # the base is the reference

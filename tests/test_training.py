@@ -302,3 +302,28 @@ def test_stage_memory_reports_the_gpu_when_there_is_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 12 * 2**30)
     found = peak_memory()
     assert found["peak_gpu_memory_gb"] == 12.0 and found["gpu_memory_in_use_gb"] == 30.0 and found["peak_rss_mb"] > 0
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def test_lora_sft_and_dpo_save_merged_plain_models(tiny_model, seed_dir, pairs_file, tmp_path):
+    """peft: lora trains adapters on the frozen base and saves the merged weights: the next stage (and vLLM) load a
+    plain model; in DPO the base with its adapters off is the reference (no second model)."""
+    fast = {"learning_rate": 1e-2, "final_learning_rate": 1e-3, "logging_steps": 1, "peft": "lora"}
+    m1 = tmp_path / "m1"
+    sft = training.run_sft(training.SFTConfig.load("tiny", max_steps=8, **fast), tiny_model, seed_dir / "ift.jsonl", m1,
+                           eft=seed_dir / "eft_train.jsonl")
+    assert sft["final_loss"] < sft["first_loss"]
+    check_model_dir(m1)
+    assert not [p.name for p in m1.iterdir() if "adapter" in p.name]
+    assert weights(m1).keys() == weights(tiny_model).keys() and weights_differ(tiny_model, m1)
+    config = training.DPOConfig.load("tiny", max_steps=6, precompute_ref_log_probs=False, **fast)
+    trainer = training.build_dpo_trainer(config, m1, pairs_file, tmp_path / "work")
+    assert trainer.ref_model is None and sum(p.requires_grad for p in trainer.model.parameters()) < 100
+    m2 = tmp_path / "m2"
+    dpo = training.run_dpo(config, m1, pairs_file, m2)
+    assert dpo["final_rewards_margins"] > 0 and weights_differ(m1, m2)
+    assert read_lineage(m2)["config"]["peft"] == "lora"
+    with pytest.raises(SrlmError, match="peft=lora runs with strategy ddp"):
+        training.SFTConfig.load("tiny", peft="lora", strategy="fsdp2")

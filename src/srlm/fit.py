@@ -21,6 +21,9 @@ Training, per GPU (P parameters, N GPUs in all, bytes):
   without mixed precision (fp32 activations);
 - logits: ``8 s b V`` (fp32 logits and their gradient; with Llama 3's 128k vocabulary this is often
   the largest activation);
+- LoRA instead of full-parameter training: the frozen base in 16 bits (``2 P``) plus 16 bytes per
+  adapter parameter (``r (inputs + outputs)`` per adapted linear layer), no reference model (the
+  base with adapters off is the reference);
 - overhead: 10% of the above plus 2 GiB (CUDA context, NCCL buffers, allocator fragmentation).
 
 Generation with vLLM, per GPU: 16-bit weights ``2 P / tp`` plus the KV cache of one sequence of the
@@ -59,6 +62,9 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     max_positions: int
+    heads: int = 0
+    intermediate: int = 0
+    model_type: str = "llama"
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -91,7 +97,8 @@ def model_shape(model: str | Path | dict[str, Any]) -> ModelShape:
         hidden = text["hidden_size"]
         shape = dict(layers=text["num_hidden_layers"], hidden=hidden, vocab=text["vocab_size"],
                      kv_heads=text.get("num_key_value_heads") or heads, head_dim=text.get("head_dim") or hidden // heads,
-                     max_positions=text.get("max_position_embeddings") or 0)
+                     max_positions=text.get("max_position_embeddings") or 0, heads=heads,
+                     intermediate=text.get("intermediate_size") or 0, model_type=config["model_type"])
     except KeyError as e:
         raise SrlmError(f"{model}: config.json has no {e.args[0]}: cannot estimate the model's memory") from None
     params = llama_style_params(config) if config["model_type"] in LLAMA_STYLE else _meta_device_params(model, config)
@@ -114,6 +121,18 @@ def llama_style_params(c: dict[str, Any]) -> int:
     norms = 2 * h + (2 * hd if c["model_type"] == "qwen3" else 0)
     untied = not c.get("tie_word_embeddings", False)
     return vocab * h * (2 if untied else 1) + layers * (attention + mlp + norms) + h
+
+
+def lora_params(shape: ModelShape, r: int, targets: list[str]) -> int:
+    """Trainable parameters of rank-``r`` adapters (``r x (inputs + outputs)`` per adapted linear layer) on the
+    Llama-style projections named in ``targets`` (``all-linear``: all seven; the output head is never adapted)."""
+    if shape.model_type not in LLAMA_STYLE:
+        raise SrlmError(f"LoRA estimate for model_type {shape.model_type!r}: only {', '.join(LLAMA_STYLE)} are known")
+    h, q, kv, f = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    linear = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+              "gate_proj": (h, f), "up_proj": (h, f), "down_proj": (f, h)}
+    names = linear if list(targets) == ["all-linear"] else [t for t in targets if t in linear]
+    return shape.layers * sum(r * sum(linear[n]) for n in names)
 
 
 def _meta_device_params(model: Any, config: dict[str, Any]) -> int:
@@ -181,9 +200,13 @@ def training(shape: ModelShape, config: Any, layout: Layout, stage: str) -> Esti
         raise SrlmError(f"unknown training strategy {layout.strategy!r}; choose from {', '.join(STRATEGIES)}")
     p, shard = shape.params, layout.gpus if layout.strategy in SHARDED else 1
     offload = layout.strategy == "zero3_offload"
-    parts: dict[str, float] = {"model_states": (4 if offload else 16) * p / shard}
-    if stage == "dpo" and not getattr(config, "precompute_ref_log_probs", True):
-        parts["reference"] = 2 * p / shard
+    if getattr(config, "peft", "none") == "lora":  # a frozen 16-bit base; only the adapters train (no reference)
+        adapters = lora_params(shape, config.lora_r, config.lora_target_modules)
+        parts: dict[str, float] = {"frozen_weights": 2 * p / shard, "adapter_states": 16 * adapters / shard}
+    else:
+        parts = {"model_states": (4 if offload else 16) * p / shard}
+        if stage == "dpo" and not getattr(config, "precompute_ref_log_probs", True):
+            parts["reference"] = 2 * p / shard
     rows = config.per_device_batch_size * (2 if stage == "dpo" else 1)
     tokens = rows * config.max_length
     precision = 2 if config.mixed_precision == "no" else 1
@@ -220,6 +243,11 @@ def what_fits(shape: ModelShape, config: Any, layout: Layout, stage: str, max_gp
     if offload.fits and layout.strategy != "zero3_offload":
         found.append(f"strategy=zero3_offload on {layout.nodes} node(s) x {layout.gpus_per_node} GPU(s) "
                      f"(with {offload.cpu_per_node / GIB:.0f} GiB of CPU memory per node for the optimizer states)")
+    lora = dataclasses.replace(config, peft="lora", strategy="ddp")
+    if config.peft == "none" and shape.model_type in LLAMA_STYLE and training(
+            shape, lora, dataclasses.replace(layout, strategy="ddp"), stage).fits:
+        found.append(f"peft=lora (r={lora.lora_r}, adapters on {', '.join(lora.lora_target_modules)}) on "
+                     f"{layout.nodes} node(s) x {layout.gpus_per_node} GPU(s)")
     if stage == "dpo" and not getattr(config, "precompute_ref_log_probs", True):
         if training(shape, dataclasses.replace(config, precompute_ref_log_probs=True), layout, stage).fits:
             found.append("precompute_ref_log_probs=true (no reference model in memory)")

@@ -70,7 +70,15 @@ class TrainingOptions:
         0, "training processes (one per GPU) under torchrun; 0 = every GPU the task has (one process on CPU)")
     strategy: Strategy = setting(
         "ddp", "how several processes share the model states: ddp (each holds all) | fsdp2 | zero3 (sharded) | "
-        "zero3_offload (optimizer states in CPU memory); fsdp2 and zero3 need GPUs, zero3 the deepspeed package")
+        "zero3_offload (optimizer states in CPU memory); fsdp2 and zero3 need GPUs, zero3 DeepSpeed (in the training image)")
+    peft: Literal["none", "lora"] = setting(
+        "none", "none: full-parameter training (paper) | lora: low-rank adapters on a frozen 16-bit base (TRL's PEFT "
+        "support; the DPO reference is the base with adapters off), merged into the weights when saved")
+    lora_r: int = setting(16, "lora: adapter rank")
+    lora_alpha: int = setting(32, "lora: scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = setting(0.05, "lora: dropout on the adapters' input")
+    lora_target_modules: list[str] = setting(["all-linear"], "lora: module names to adapt; all-linear = every linear "
+                                             "layer but the output head")
     nodes: int = setting(1, "training nodes; more than 1 runs the stage as a Kubeflow Trainer TrainJob")
     launcher: Literal["auto", "pod", "trainjob"] = setting(
         "auto", "where training runs: pod (this task, gpus_per_node processes) | trainjob (a Kubeflow Trainer TrainJob "
@@ -98,6 +106,11 @@ class TrainingOptions:
             raise SrlmError(f"{name}: warmup must be >= 0 and logging_steps >= 1")
         if self.gpus_per_node < 0:
             raise SrlmError(f"{name}: gpus_per_node must be >= 0 (0 = every GPU the task has), got {self.gpus_per_node}")
+        if self.peft == "lora" and self.strategy != "ddp":
+            raise SrlmError(f"{name}: peft=lora runs with strategy ddp in this version (the merged model is saved from "
+                            "rank 0's full copy); the fit check counts LoRA's 16-bit base")
+        if self.peft == "lora" and (self.lora_r < 1 or self.lora_alpha < 1 or not self.lora_target_modules):
+            raise SrlmError(f"{name}: lora needs lora_r >= 1, lora_alpha >= 1 and at least one target module")
         if self.nodes < 1:
             raise SrlmError(f"{name}: nodes must be >= 1, got {self.nodes}")
         if self.nodes > 1 and self.launcher == "pod":
@@ -239,6 +252,11 @@ def save_dtype(config: Any) -> str:
     return config.save_dtype if config.save_dtype != "auto" else compute_dtype(config)
 
 
+def _policy_dtype(config: Any) -> str:
+    """Full-parameter training keeps fp32 master weights; LoRA's frozen base stays in the 16-bit compute dtype."""
+    return compute_dtype(config) if config.peft == "lora" else "float32"
+
+
 def compute_dtype(config: Any) -> str:
     """The training precision's 16-bit dtype (float32 without mixed precision)."""
     return {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(config.mixed_precision), "float32")
@@ -274,6 +292,17 @@ def trainer_args(config: SFTConfig | DPOConfig, work_dir: str | Path) -> dict[st
     }
 
 
+def peft_config(config: SFTConfig | DPOConfig) -> Any:
+    """peft's LoraConfig for ``peft: lora``, else None (full-parameter training)."""
+    if config.peft != "lora":
+        return None
+    from peft import LoraConfig
+
+    targets = list(config.lora_target_modules)
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
+
+
 def _strategy_args(config: SFTConfig | DPOConfig) -> dict[str, Any]:
     """TrainingArguments for ``config.strategy``: accelerate turns them into its FSDP or DeepSpeed plugin."""
     import torch
@@ -293,8 +322,8 @@ def _strategy_args(config: SFTConfig | DPOConfig) -> dict[str, Any]:
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
-            raise SrlmError(f"training strategy {config.strategy} needs the deepspeed package in the training "
-                            "image (pip install deepspeed), or use fsdp2")
+            raise SrlmError(f"training strategy {config.strategy} needs the deepspeed package (the training image "
+                            "has it; elsewhere pip install deepspeed), or use fsdp2")
         args["deepspeed"] = str(distributed.DEEPSPEED_CONFIGS / f"{config.strategy}.json")
     return args
 
@@ -318,13 +347,14 @@ def build_sft_trainer(
     if config.assistant_only_loss:
         check_chat_template(tokenizer, model)
     _warn_too_long(tokenizer, rows, config.max_length)
-    policy, original_dropout = load_for_training(model, config.dropout)
+    policy, original_dropout = load_for_training(model, config.dropout, _policy_dtype(config))
     args = TrlSFTConfig(
         **trainer_args(config, work_dir),
         assistant_only_loss=config.assistant_only_loss,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )
-    trainer = SFTTrainer(model=policy, args=args, train_dataset=_dataset(rows, work_dir), processing_class=tokenizer)
+    trainer = SFTTrainer(model=policy, args=args, train_dataset=_dataset(rows, work_dir), processing_class=tokenizer,
+                         peft_config=peft_config(config))
     trainer.srlm_original_dropout = original_dropout
     trainer.srlm_counts = {"ift_examples": len(ift_records), "eft_examples": len(eft_records)}
     return trainer
@@ -339,11 +369,13 @@ def build_dpo_trainer(config: DPOConfig, model: str | Path, pairs: str | Path, w
     records = read_pairs(pairs, config.min_pairs)
     set_threads(config.threads)
     tokenizer = load_tokenizer(model)
-    policy, original_dropout = load_for_training(model, config.dropout)
+    policy, original_dropout = load_for_training(model, config.dropout, _policy_dtype(config))
     # The reference is M(t) itself. Precomputed: its log-probs come from `policy` before training starts, in eval
     # mode (no dropout). Otherwise a second, separate copy from the same directory (TRL refuses the same object).
     # (Frozen, it needs no fp32 master copy: 16-bit under mixed precision, as the fit check counts it.)
-    ref = None if config.precompute_ref_log_probs else load_for_training(model, 0.0, compute_dtype(config))[0]
+    # With LoRA the reference is the policy with its adapters off: no second model either.
+    separate = not config.precompute_ref_log_probs and config.peft == "none"
+    ref = load_for_training(model, 0.0, compute_dtype(config))[0] if separate else None
     args = TrlDPOConfig(
         **trainer_args(config, work_dir),
         beta=config.beta,
@@ -353,7 +385,7 @@ def build_dpo_trainer(config: DPOConfig, model: str | Path, pairs: str | Path, w
     )
     trainer = DPOTrainer(
         model=policy, ref_model=ref, args=args, train_dataset=_dataset(dpo_examples(records), work_dir),
-        processing_class=tokenizer,
+        processing_class=tokenizer, peft_config=peft_config(config),
     )
     trainer.srlm_original_dropout = original_dropout
     trainer.srlm_counts = {"pairs": len(records)}
@@ -431,6 +463,8 @@ def save(
     metrics["saved_dtype"] = dtype
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(trainer.model)
+        if config.peft == "lora":  # every later stage loads a plain model: fold the adapters into the weights
+            model, state = model.merge_and_unload(), None
         for name, value in getattr(trainer, "srlm_original_dropout", {}).items():
             setattr(model.config, name, value)  # dropout is a training setting, not part of the model
         model.config.use_cache = True
