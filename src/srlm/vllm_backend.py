@@ -167,7 +167,9 @@ class VLLMGenerator:
         params = [self.sampling_params(per_prompt, temperature, top_p, max_new_tokens, request_seed(seed, i)) for i in indices]
         started = time.perf_counter()
         log.info("%s: %d prompts x %d with vLLM", desc, len(indices), n)
-        if self.llm is None or self.key not in _ENGINES:  # closed, or another model's engine took its place
+        cached = _ENGINES.get(self.key)
+        if self.llm is None or cached is None or cached[0] is not self.llm:
+            # closed, or shut down when another model's engine started (the cache may hold a newer one for this key)
             self.llm, _ = engine(self.model_dir, self.options)
         outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
         results: list[list[str] | None] = [None for _ in prompts]
