@@ -156,8 +156,9 @@ def test_seed_sft_on_two_nodes_through_a_trainjob(api, tiny_model, seed_dir, tmp
     project's entry point, from a request in a directory every node sees (the shared volume's stand-in)."""
     config = training.SFTConfig.load("tiny", max_steps=4, logging_steps=1)
     shared = tmp_path / "models"
+    shared.mkdir()
     out = shared / "m1"
-    request = distributed.write_request(shared.mkdir() or shared, {
+    request = distributed.write_request(shared, {
         "stage": "sft", "model": str(tiny_model), "ift": str(seed_dir / "ift.jsonl"),
         "eft": str(seed_dir / "eft_train.jsonl"), "out": str(out), "config": config.to_dict()})
     body = trainjob.manifest(trainjob.job_name("run-1", "sft", 1), str(request), image="srlm-sft", nodes=2,

@@ -115,8 +115,10 @@ def llama_style_params(c: dict[str, Any]) -> int:
     heads = c["num_attention_heads"]
     kv, hd = c.get("num_key_value_heads") or heads, c.get("head_dim") or h // heads
     attention = 2 * h * heads * hd + 2 * h * kv * hd
-    if c["model_type"] == "qwen2" or c.get("attention_bias"):
-        attention += heads * hd + 2 * kv * hd + (h if c.get("attention_bias") and c["model_type"] != "qwen2" else 0)
+    if c["model_type"] == "qwen2":  # biases on q, k and v
+        attention += heads * hd + 2 * kv * hd
+    elif c.get("attention_bias"):  # biases on q, k, v and o
+        attention += heads * hd + 2 * kv * hd + h
     mlp = 3 * h * f + (2 * f + h if c.get("mlp_bias") else 0)
     norms = 2 * h + (2 * hd if c["model_type"] == "qwen3" else 0)
     untied = not c.get("tie_word_embeddings", False)
@@ -316,14 +318,3 @@ def refusals(shape: ModelShape, estimates: list[Estimate], layout: Layout, *, sf
             f"(gpu_memory_utilization x {layout.gpu_memory_gib:g} GiB)"
             + (f": tensor_parallel_size={tp} would fit" if tp else ": nothing up to 16 GPUs fits"))
     return problems
-
-
-def check_plan(model: str | Path | dict[str, Any], layout: Layout, *, sft: Any, dpo: Any,
-               generators: dict[str, Any]) -> list[Estimate]:
-    """``plan``, or SrlmError naming every stage that does not fit."""
-    shape, estimates = plan(model, layout, sft=sft, dpo=dpo, generators=generators)
-    name = str(model) if isinstance(model, (str, Path)) else "the model"
-    problems = refusals(shape, estimates, layout, sft=sft, dpo=dpo, generators=generators, name=name)
-    if problems:
-        raise SrlmError("the fit check refuses this configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-    return estimates

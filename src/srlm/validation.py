@@ -130,20 +130,15 @@ def _check_fit(model: str, configs: Mapping[str, Any], hardware: Mapping[str, An
             if config is None:
                 continue
             if config.uses_trainjob():  # the TrainJob's nodes, not this task, hold the GPUs
-                layout = fit.Layout(config.nodes, max(1, config.gpus_per_node), config.strategy,
-                                    training["gpu_memory_mib"] / 1024)
-                try:
-                    fit.check_training(shape, config, layout, stage, model)
-                except SrlmError as e:
-                    problems.append(str(e))
-                continue
-            if config.gpus_per_node > gpus:
+                nodes, per_node = config.nodes, max(1, config.gpus_per_node)
+            elif config.gpus_per_node > gpus:
                 problems.append(f"training.{stage}.gpus_per_node={config.gpus_per_node} but the compiled pipeline gives "
                                 f"training tasks {gpus} GPU(s): compile with --set 'gpus={{\"training\": "
                                 f"{config.gpus_per_node}}}' or set 0 (every GPU the task has)")
                 continue
-            layout = fit.Layout(1, config.gpus_per_node or gpus, config.strategy,
-                                training["gpu_memory_mib"] / 1024)
+            else:
+                nodes, per_node = 1, config.gpus_per_node or gpus
+            layout = fit.Layout(nodes, per_node, config.strategy, training["gpu_memory_mib"] / 1024)
             try:
                 fit.check_training(shape, config, layout, stage, model)
             except SrlmError as e:
