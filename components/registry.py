@@ -31,22 +31,24 @@ def validate(
 @dsl.component(base_image=image("register"), install_kfp_package=False)
 def register(
     model: Input[Model], evaluation: Input[Dataset], iteration: int, parent_version: str, mlflow: dict,
-    kfp_run_id: str, metrics: Output[Metrics],
+    kfp_run_id: str, metrics: Output[Metrics], model_volume: str = "",
 ) -> str:
     """Register M(t) by reference in the MLflow registry (lineage tags, key metrics, alias iter-<t>); the version."""
     from srlm import stages
 
     return stages.run_task("register", metrics, None, mlflow, kfp_run_id, iteration, model=model.path,
-                           model_uri=model.uri, evaluation=evaluation.path, parent_version=parent_version)["version"]
+                           model_uri=model.uri, evaluation=evaluation.path, parent_version=parent_version,
+                           model_volume=model_volume)["version"]
 
 
 @dsl.component(base_image=image("gate"), install_kfp_package=False)
 def gate(
     evaluation: dict, model: Input[Model], judge_model: Input[Model], eft: Input[Dataset], version: str,
-    mlflow: dict, kfp_run_id: str, report: Output[Markdown], metrics: Output[Metrics],
+    mlflow: dict, kfp_run_id: str, report: Output[Markdown], metrics: Output[Metrics], model_volume: str = "",
 ):
     """Set challenger on the newest M(t); move champion only when the promotion rule holds."""
     from srlm import stages
 
     stages.run_task("gate", metrics, evaluation, mlflow, kfp_run_id, version=version, model=model.path,
-                    judge_model=judge_model.path, eft=eft.path, report=report.path)
+                    judge_model=judge_model.path, eft=eft.path, report=report.path,
+                    model_volume=model_volume)

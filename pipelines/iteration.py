@@ -39,21 +39,23 @@ def make_iteration(settings: PipelineSettings):
         mlflow: dict,
         iteration: int,
         parent_version: str,
+        model_volume: str,
     ) -> Outputs:
         run = {"mlflow": mlflow, "kfp_run_id": run_id(settings), "iteration": iteration}
-        prompts = c.prompts(sampling=sampling, model=model, seed=seed, **run)
+        models = {"model_volume": model_volume}  # the tasks that read or write models
+        prompts = c.prompts(sampling=sampling, model=model, seed=seed, **models, **run)
         configure(prompts, "prompts", settings, "Generate prompts")
-        judgements = sample_and_judge(settings, model, prompts.outputs["prompts"], sampling, judging, run)
+        judgements = sample_and_judge(settings, model, prompts.outputs["prompts"], sampling, judging, run, models)
         pairs = c.pairs(judging=judging, judgements=judgements, **run)
         configure(pairs, "pairs", settings, "Build pairs")
-        trained = c.dpo(training=training, model=model, pairs=pairs.outputs["pairs"], **run)
+        trained = c.dpo(training=training, model=model, pairs=pairs.outputs["pairs"], **models, **run)
         configure(trained, "dpo", settings, "DPO")
         new_model = trained.outputs["trained_model"]
         evaluated = c.evaluate(evaluation=evaluation, model=new_model, previous=model, judge_model=judge_model,
-                               eft=eft, seed=seed, **run)
+                               eft=eft, seed=seed, **models, **run)
         configure(evaluated, "evaluate", settings, "Evaluate")
         registered = c.register(model=new_model, evaluation=evaluated.outputs["details"],
-                                parent_version=parent_version, **run)
+                                parent_version=parent_version, **models, **run)
         configure(registered, "register", settings, "Register")
         return Outputs(model=new_model, version=registered.outputs["Output"])
 
@@ -61,7 +63,7 @@ def make_iteration(settings: PipelineSettings):
 
 
 def sample_and_judge(settings: PipelineSettings, model: Any, prompts: Any, sampling: Any, judging: Any,
-                     run: dict[str, Any]) -> Any:
+                     run: dict[str, Any], models: dict[str, Any]) -> Any:
     """Candidates for ``prompts`` and their self-judgements; returns the judgements artifact.
 
     K = ``settings.shards``. K = 1: one sampling task, one judging task. K > 1: for each of the two
@@ -70,21 +72,22 @@ def sample_and_judge(settings: PipelineSettings, model: Any, prompts: Any, sampl
     """
     shards = settings.shards
     if shards == 1:
-        sampled = c.sample(sampling=sampling, model=model, prompts=prompts, **run)
+        sampled = c.sample(sampling=sampling, model=model, prompts=prompts, **models, **run)
         configure(sampled, "sample", settings, "Sample candidates")
-        judged = c.judge(judging=judging, model=model, candidates=sampled.outputs["candidates"], **run)
+        judged = c.judge(judging=judging, model=model, candidates=sampled.outputs["candidates"], **models, **run)
         configure(judged, "judge", settings, "Self-judge")
         return judged.outputs["judgements"]
 
     with dsl.ParallelFor(items=list(range(shards)), name=f"Sample candidates: {shards} shards") as k:
-        sampled = c.sample(sampling=sampling, model=model, prompts=prompts, shard=k, shards=shards, **run)
+        sampled = c.sample(sampling=sampling, model=model, prompts=prompts, shard=k, shards=shards, **models,
+                           **run)
         configure(sampled, "sample", settings, "Sample candidates (shard)")
     candidates = c.merge(stage="sample", shard_files=dsl.Collected(sampled.outputs["candidates"]), **run)
     configure(candidates, "merge", settings, "Merge candidate shards")
 
     with dsl.ParallelFor(items=list(range(shards)), name=f"Self-judge: {shards} shards") as k:
         judged = c.judge(judging=judging, model=model, candidates=candidates.outputs["merged"], shard=k,
-                         shards=shards, **run)
+                         shards=shards, **models, **run)
         configure(judged, "judge", settings, "Self-judge (shard)")
     judgements = c.merge(stage="judge", shard_files=dsl.Collected(judged.outputs["judgements"]), **run)
     configure(judgements, "merge", settings, "Merge judgement shards")

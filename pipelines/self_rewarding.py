@@ -30,7 +30,7 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
     iteration_pipeline = make_iteration(settings)
     d = copy.deepcopy(settings.defaults)
 
-    @dsl.pipeline(name=settings.name, description=settings.description)
+    @dsl.pipeline(name=settings.name, description=settings.description, pipeline_config=settings.pipeline_config())
     def self_rewarding(
         base_model: dict = d["base_model"],
         data: dict = d["data"],
@@ -68,22 +68,24 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
                 is a compile-time setting (MLFLOW_TRACKING_URI on every task).
         """
         run = {"mlflow": mlflow, "kfp_run_id": run_id(settings)}
+        volume = settings.model_volume()  # where models are stored ("" = in their artifacts)
         checked = c.validate(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
                              evaluation=evaluation, base_model_kind=settings.base_model, eft_build=settings.eft_build,
                              iterations=settings.iterations, hardware=settings.hardware(), **run)
         configure(checked, "validate", settings, "Validate inputs and settings")
 
         if settings.base_model == "tiny":
-            base_task = c.tiny_model(base_model=base_model, **run).after(checked)
+            base_task = c.tiny_model(base_model=base_model, model_volume=volume, **run).after(checked)
             configure(base_task, "tiny_model", settings, "M0: build the tiny model")
             base = base_task.outputs["model"]
         else:
-            base_task = dsl.importer(artifact_uri=checked.outputs["base_model_uri"], artifact_class=Model, reimport=False)
+            base_task = dsl.importer(artifact_uri=checked.outputs["base_model_uri"], artifact_class=Model, reimport=False,
+                                     download_to_workspace=settings.model_storage == "workspace")
             base_task.set_display_name("M0: import the base model")
             base = base_task.output
 
         seeded = seed_pipeline(base_model=base, data=data, training=training, evaluation=evaluation, mlflow=mlflow,
-                               chat_template=checked.outputs["chat_template"])
+                               chat_template=checked.outputs["chat_template"], model_volume=volume)
         seeded.set_display_name("Seed: M1").after(checked)
         m1, seed, eft = seeded.outputs["model"], seeded.outputs["seed"], seeded.outputs["eft"]
 
@@ -91,11 +93,12 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
         for t in range(2, settings.iterations + 1):
             step = iteration_pipeline(model=model, judge_model=m1, seed=seed, eft=eft, sampling=sampling,
                                       judging=judging, training=training, evaluation=evaluation, mlflow=mlflow,
-                                      iteration=t, parent_version=version)
+                                      iteration=t, parent_version=version, model_volume=volume)
             step.set_display_name(f"Iteration {t}")
             model, version = step.outputs["model"], step.outputs["version"]
 
-        gate = c.gate(evaluation=evaluation, model=model, judge_model=m1, eft=eft, version=version, **run)
+        gate = c.gate(evaluation=evaluation, model=model, judge_model=m1, eft=eft, version=version, model_volume=volume,
+                      **run)
         configure(gate, "gate", settings, "Promotion gate")
 
     return self_rewarding

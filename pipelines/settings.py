@@ -21,11 +21,13 @@ from kfp import kubernetes
 from components.images import image
 from srlm.context import RUN_ID_ENV
 from srlm.stages import GROUP_ORDER, RESOURCES, TASKS
+from srlm.storage import MODES as MODEL_STORAGE
 
 # What a task asks of the cluster (``resources`` of its stage in the registry); the GPU kinds get GPUs.
 GPU_KINDS = tuple(kind for kind in RESOURCES if kind != "cpu")
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # the label KFP puts on every pod of a run
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # per-GPU memory in MiB, set by NVIDIA's GPU feature discovery
+MODELS_MOUNT = "/models"  # where models_pvc is mounted
 
 
 def run_id(settings: PipelineSettings) -> Any:
@@ -53,8 +55,16 @@ class PipelineSettings:
     min_gpu_memory_mib: dict[str, int] = dataclasses.field(default_factory=dict)
     model_cache_pvc: str = ""  # mounted at /cache on GPU tasks (HF_HOME, compile caches): manifests/base/model-cache.yaml
     # Mounted at /models on training tasks: the RWX volume TrainJob nodes share (manifests/trainer/models-volume.yaml;
-    # training.shared_dir: /models). Empty = none.
+    # training.shared_dir: /models), and with model_storage pvc on every task that reads or writes a model. Empty = none.
     models_pvc: str = ""
+    # Where the run's models live (srlm.storage). artifacts: in each KFP Model artifact, copied through the object
+    # store by every stage (right for small models). workspace: written once on KFP's per-run pipeline workspace (an
+    # RWX PVC KFP creates and deletes with the run; backend >= 2.15) and read in place; the base model is downloaded
+    # there once. pvc: the same on models_pvc (at /models, under srlm-models/<run id>/; nothing deletes it). Either
+    # way the registered models are copied to MLflow's artifact store: they leave the run.
+    model_storage: str = "artifacts"
+    workspace_size: str = "1Ti"  # the pipeline workspace's size (model_storage workspace): every M(t) of a run
+    workspace_storage_class: str = ""  # its StorageClass (ReadWriteMany); "" = the cluster's default
     scratch: str = ""  # size of a per-pod scratch volume on GPU tasks at /scratch (TMPDIR): training work files
     # Size of the /dev/shm Memory volume on tasks with more than one GPU: NCCL between the training processes,
     # vLLM's tensor-parallel workers (a container's default /dev/shm is 64 MiB).
@@ -74,7 +84,29 @@ class PipelineSettings:
         return {kind: {"gpus": self.gpus.get(kind, 0), "gpu_memory_mib": self.min_gpu_memory_mib.get(kind, 0)}
                 for kind in GPU_KINDS}
 
+    def model_volume(self) -> str:
+        """What the tasks that read or write models get as ``model_volume``: where the models are stored."""
+        from kfp import dsl
+
+        return {"artifacts": "", "workspace": dsl.WORKSPACE_PATH_PLACEHOLDER, "pvc": MODELS_MOUNT}[self.model_storage]
+
+    def pipeline_config(self) -> Any:
+        """The pipeline's config: the per-run workspace (ReadWriteMany) when models are stored there."""
+        from kfp import dsl
+
+        if self.model_storage != "workspace":
+            return None
+        patch: dict[str, Any] = {"accessModes": ["ReadWriteMany"]}
+        if self.workspace_storage_class:
+            patch["storageClassName"] = self.workspace_storage_class
+        return dsl.PipelineConfig(workspace=dsl.WorkspaceConfig(
+            size=self.workspace_size, kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=patch)))
+
     def __post_init__(self) -> None:
+        if self.model_storage not in MODEL_STORAGE:
+            raise ValueError(f"model_storage must be one of {list(MODEL_STORAGE)}, got {self.model_storage!r}")
+        if self.model_storage == "pvc" and not self.models_pvc:
+            raise ValueError("model_storage pvc needs models_pvc, the ReadWriteMany claim to store the models on")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 1:
@@ -154,7 +186,8 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
     if stage not in TASKS:
         raise KeyError(f"unknown stage {stage!r}; known: {sorted(TASKS)}")
     task.set_display_name(display_name)
-    task.set_caching_options(TASKS[stage].cached)
+    # A stored model's artifact is only a reference to a volume the next run may not have: such tasks run again.
+    task.set_caching_options(TASKS[stage].cached and not (TASKS[stage].writes_model and settings.model_volume()))
     if settings.run_id_from == "pod":
         kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD)
     kind = TASKS[stage].resources
@@ -182,8 +215,8 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
             kubernetes.add_ephemeral_volume(task, volume_name="scratch", mount_path="/scratch",
                                             access_modes=["ReadWriteOnce"], size=settings.scratch)
             task.set_env_variable("TMPDIR", "/scratch")
-    if settings.models_pvc and kind == "training":
-        kubernetes.mount_pvc(task, pvc_name=settings.models_pvc, mount_path="/models")
+    if settings.models_pvc and (kind == "training" or (settings.model_storage == "pvc" and TASKS[stage].uses_models)):
+        kubernetes.mount_pvc(task, pvc_name=settings.models_pvc, mount_path=MODELS_MOUNT)
     task.set_env_variable("SRLM_IMAGE", image(stage))  # a training stage's TrainJob nodes run the same image
     if settings.mlflow_tracking_uri:
         task.set_env_variable("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)

@@ -25,10 +25,31 @@ from typing import Any
 
 import jsonschema
 
+ROOT = Path(__file__).resolve().parents[1]
 CRDS = Path(__file__).parent / "crds"
 GROUP_PATH = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/(trainjobs|trainingruntimes)(?:/([^/]+))?$")
 PODS_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)/log)?$")
 KINDS = {"trainjobs": "TrainJob", "trainingruntimes": "TrainingRuntime"}
+
+
+def rendered_trainer_manifests() -> list[dict[str, Any]]:
+    """The project's manifests/trainer (TrainingRuntime, volume, RBAC) as ``kubectl kustomize`` renders them."""
+    import shutil
+
+    import yaml
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise RuntimeError("kubectl is needed to render manifests/trainer (it is on CI's machine: make tools)")
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / "manifests" / "trainer")], capture_output=True, text=True,
+                         check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, kind
+    return found[0]
 
 
 def schemas(version: str) -> dict[str, Any]:
@@ -210,6 +231,17 @@ class StandIn:
         configuration = client.Configuration(host=f"http://127.0.0.1:{self.server.server_port}")
         self.client = client.ApiClient(configuration)
         return self
+
+    def kubeconfig(self, path: Path, namespace: str) -> Path:
+        """A kubeconfig pointing at the stand-in (how a launcher outside a cluster finds the API)."""
+        import yaml
+
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+            "clusters": [{"name": "standin", "cluster": {"server": self.client.configuration.host}}],
+            "users": [{"name": "me", "user": {}}],
+            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "me", "namespace": namespace}}]}))
+        return path
 
     def __exit__(self, *exc: Any) -> None:
         for name in list(self.cluster.processes):

@@ -393,17 +393,20 @@ def test_secrets_are_referenced_never_inlined(tmp_path):
 # --------------------------------------------------------------------------- local end-to-end
 
 
-@pytest.mark.slow
-def test_local_end_to_end_run_of_the_compiled_tiny_pipeline(tmp_path):
-    """`make demo`'s run: the committed tiny YAML through kfp.local, MLflow in a SQLite store."""
-    run_dir = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--run-dir", str(run_dir)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=1200)
+def run_tiny(run_dir, *args, env=None):
+    """``make demo``'s command (pipelines.run_local) with ``args``; its summary."""
+    result = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--run-dir", str(run_dir), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1500, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "say nothing about quality" in result.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     print(json.dumps({k: summary[k] for k in ("pipeline_seconds", "stages", "task_overhead_seconds_mean")}, indent=1))
+    return summary
 
+
+def check_three_registered_models(summary):
+    """M1..M3 evaluated, registered with lineage and aliases, champion on M3; every stage logged to MLflow.
+    Returns what MLflow holds (MLFLOW_CHECK)."""
     models = summary["models"]
     assert [m["model"] for m in models] == ["M1", "M2", "M3"]
     assert [m["parent_version"] for m in models] == [None, models[0]["version"], models[1]["version"]]
@@ -426,10 +429,117 @@ def test_local_end_to_end_run_of_the_compiled_tiny_pipeline(tmp_path):
         assert found["metrics"][t]["pairwise_accuracy"] is not None
     assert {"prompts", "sample", "judge", "pairs", "dpo"} <= set(found["stages"]["2"]) & set(found["stages"]["3"])
     assert found["parent_status"] == "FINISHED"
+    assert len(found["versions"]) == 3
     for version in found["versions"]:
-        assert Path(version["source"]).is_dir()  # registered by reference to the KFP artifact
         assert version["tags"]["lineage.iteration"] == version["tags"]["iteration"]
         assert any(k.startswith("data_digest.") for k in version["tags"])
+    return found
+
+
+def model_volumes(spec):
+    """{(dag, task): the model_volume value it gets} for every container task that has the input (a sub-DAG's
+    component input resolved to what the root passes it)."""
+    passed = {t["componentRef"]["name"]: t["inputs"]["parameters"] for t in tasks_of(spec).values()}
+    values = {}
+    for dag, name, task in container_tasks(spec):
+        param = task.get("inputs", {}).get("parameters", {}).get("model_volume")
+        if param is None:
+            continue
+        if "componentInputParameter" in param:
+            param = passed[dag][param["componentInputParameter"]]
+        values[(dag, name)] = param["runtimeValue"]["constant"]
+    return values
+
+
+def test_models_are_stored_where_the_model_storage_setting_says(tmp_path, tiny):
+    """artifacts (the committed YAMLs): no volume, the cache on. workspace: KFP's per-run RWX workspace, every task
+    that reads or writes a model gets its path (so KFP mounts it there), the base model is downloaded into it once, and
+    the tasks that make a model are not cached (their artifact only refers to this run's volume). pvc: models_pvc
+    mounted at /models on exactly those tasks."""
+    uses = {name for name, stage in TASKS.items() if stage.uses_models}
+    spec, platform = tiny
+    assert "pipelineConfig" not in platform.get("platforms", {}).get("kubernetes", {})
+    assert set(model_volumes(spec).values()) == {""}
+
+    settings = pc.settings_for("cluster", {"model_storage": "workspace", "workspace_size": "2Ti",
+                                           "workspace_storage_class": "nfs-rwx"})
+    spec, platform = load(pc.compile_pipeline(settings, tmp_path / "workspace.yaml"))
+    assert platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"] == {
+        "size": "2Ti", "kubernetes": {"pvcSpecPatch": {"accessModes": ["ReadWriteMany"], "storageClassName": "nfs-rwx"}}}
+    volumes = model_volumes(spec)
+    present = {stage_of(task) for _, _, task in container_tasks(spec)}  # the cluster imports M0: no tiny_model
+    assert {stage_of(task) for dag, name, task in container_tasks(spec) if (dag, name) in volumes} == uses & present
+    assert set(volumes.values()) == {"{{$.workspace_path}}"}
+    importer = spec["deploymentSpec"]["executors"]["exec-importer"]["importer"]
+    assert importer["downloadToWorkspace"] is True
+    for dag, name, task in container_tasks(spec):
+        cached = task.get("cachingOptions", {}).get("enableCache", False)
+        assert cached == (TASKS[stage_of(task)].cached and not TASKS[stage_of(task)].writes_model), (dag, name)
+
+    settings = pc.settings_for("cluster", {"model_storage": "pvc", "models_pvc": "srlm-models"})
+    spec, platform = load(pc.compile_pipeline(settings, tmp_path / "pvc.yaml"))
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(model_volumes(spec).values()) == {"/models"}
+    for dag, name, task in container_tasks(spec):
+        label, _ = executor(spec, task)
+        mounts = {m["mountPath"]: m.get("constant", m.get("pvcNameParameter")) for m in k8s.get(label, {}).get("pvcMount", [])}
+        assert ("/models" in mounts) == (stage_of(task) in uses), (dag, name)
+    with pytest.raises(ValueError, match="model_storage pvc needs models_pvc"):
+        pc.settings_for("cluster", {"model_storage": "pvc"})
+    with pytest.raises(ValueError, match="model_storage must be one of"):
+        pc.settings_for("cluster", {"model_storage": "s3"})
+
+
+@pytest.mark.slow
+def test_local_end_to_end_run_of_the_compiled_tiny_pipeline(tmp_path):
+    """`make demo`'s run: the committed tiny YAML through kfp.local, MLflow in a SQLite store."""
+    found = check_three_registered_models(run_tiny(tmp_path / "demo"))
+    for version in found["versions"]:
+        assert Path(version["source"]).is_dir()  # registered by reference to the KFP artifact
+
+
+@pytest.mark.slow
+def test_local_run_with_models_on_the_workspace_sft_on_a_trainjob_and_dpo_on_two_processes(tmp_path, monkeypatch):
+    """The big-model modes together on the tiny pipeline through kfp.local: models written once on the pipeline
+    workspace (kfp.local's workspace_root; a per-run RWX PVC on a cluster) and read in place; the seed SFT as a
+    TrainJob of 2 nodes (the Kubernetes API stand-in, whose controller runs the job's torchrun per node); every DPO
+    round as torchrun with 2 processes in its task (gpus_per_node 2; gloo on CPU). M1..M3 are registered as with
+    the default, but copied to MLflow's artifact store: kfp.local deletes the workspace when the run ends."""
+    from k8s_standin import StandIn, one, rendered_trainer_manifests
+
+    settings = pc.settings_for("tiny", {"model_storage": "workspace", "workspace_size": "10Gi"})
+    yaml_path = pc.compile_pipeline(settings, tmp_path / "workspace.yaml")
+    shared = tmp_path / "models"  # what every TrainJob node sees (the RWX volume's stand-in)
+    training = {"sft": {"launcher": "trainjob", "nodes": 2, "shared_dir": str(shared), "trainjob_namespace": "kubeflow"},
+                "dpo": {"gpus_per_node": 2}}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the TrainJob's 2 node processes share this machine's 2 cores
+    with StandIn("2.3.0", tmp_path / "pods") as api:
+        api.cluster.create("trainingruntimes", "kubeflow", one(rendered_trainer_manifests(), "TrainingRuntime"),
+                           strict=True)
+        env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig", "kubeflow"))}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        run_dir = tmp_path / "run"
+        summary = run_tiny(run_dir, "--yaml", str(yaml_path), "--set", f"training={json.dumps(training)}", env=env)
+        created = list(api.cluster.created)
+    found = check_three_registered_models(summary)
+    assert len(created) == 1 and created[0].startswith("srlm-sft-")  # the seed SFT, and nothing else, on a TrainJob
+    assert not (run_dir / "workspace").exists() and list(shared.iterdir()) == []  # nothing left on the volumes
+
+    import mlflow.artifacts
+
+    from srlm.modeldir import check_model_dir, read_lineage
+
+    processes = {}
+    with monkeypatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", summary["mlflow"]["tracking_uri"])
+        for version in found["versions"]:
+            assert version["source"].startswith("runs:/") and version["source"].endswith("/model"), version["source"]
+            model = Path(mlflow.artifacts.download_artifacts(artifact_uri=version["source"],
+                                                            dst_path=str(tmp_path / "registered" / str(version["version"]))))
+            check_model_dir(model)
+            lineage = read_lineage(model)
+            processes[version["tags"]["iteration"]] = (lineage["stage"], lineage["metrics"]["processes"])
+    assert processes == {"1": ("sft", 2), "2": ("dpo", 2), "3": ("dpo", 2)}
 
 
 MLFLOW_CHECK = """
@@ -447,7 +557,8 @@ for r in runs:
         stages.setdefault(t["iteration"], []).append(t["stage"])
         if t["stage"] == "evaluate":
             metrics[t["iteration"]] = {"pairwise_accuracy": r.data.metrics.get("pairwise_accuracy")}
-versions = [{"source": v.source, "tags": dict(v.tags)} for v in client.search_model_versions(f"name = '{sys.argv[2]}'")]
+versions = [{"version": v.version, "source": v.source, "tags": dict(v.tags)}
+            for v in client.search_model_versions(f"name = '{sys.argv[2]}'")]
 print(json.dumps({"stages": stages, "metrics": metrics, "parent_status": parent, "versions": versions}))
 """
 

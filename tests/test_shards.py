@@ -234,7 +234,7 @@ def test_kfp_local_runs_the_compiled_fan_out(tmp_path, sft_model):
     def fan_out(model: dsl.Input[dsl.Model], prompts: dsl.Input[dsl.Dataset], sampling: dict, judging: dict,
                 mlflow: dict) -> dsl.Dataset:
         run = {"mlflow": mlflow, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "iteration": 2}
-        return sample_and_judge(settings, model, prompts, sampling, judging, run)
+        return sample_and_judge(settings, model, prompts, sampling, judging, run, {"model_volume": ""})
 
     @dsl.pipeline(name="fan-out-test")
     def outer(sampling: dict, judging: dict) -> dsl.Dataset:

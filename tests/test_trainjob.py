@@ -6,39 +6,21 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from srlm import distributed, training, trainjob
 from srlm.errors import SrlmError
 from srlm.modeldir import check_model_dir, read_lineage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from k8s_standin import StandIn, problems, schemas  # noqa: E402
+from k8s_standin import StandIn, one, problems, rendered_trainer_manifests, schemas  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = ("2.1.0", "2.2.0", "2.3.0")
 NAMESPACE = "kubeflow"
-
-
-def rendered_trainer_manifests() -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is needed to render manifests/trainer (it is on CI's machine)")
-    out = subprocess.run([kubectl, "kustomize", str(ROOT / "manifests" / "trainer")], capture_output=True, text=True,
-                         check=True).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
-
-
-def one(objects, kind):
-    found = [o for o in objects if o["kind"] == kind]
-    assert len(found) == 1, kind
-    return found[0]
 
 
 def job(name="srlm-sft-1-abc", **changes):
@@ -176,13 +158,7 @@ def test_seed_sft_on_two_nodes_through_a_trainjob(api, tiny_model, seed_dir, tmp
 def test_a_training_stage_with_two_nodes_runs_as_a_trainjob(api, tiny_model, seed_dir, tmp_path, monkeypatch):
     """training.nodes = 2: run_sft stages its inputs under shared_dir, the TrainJob trains there, the model comes
     back to the stage's output; the launcher finds the API through a kubeconfig, as outside a cluster."""
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
-        "clusters": [{"name": "standin", "cluster": {"server": api.client.configuration.host}}],
-        "users": [{"name": "me", "user": {}}],
-        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "me", "namespace": NAMESPACE}}]}))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     shared = tmp_path / "models"
     config = training.SFTConfig.load("tiny", max_steps=4, logging_steps=1, nodes=2, shared_dir=str(shared),

@@ -127,9 +127,9 @@ def register_model(
     docstring for what a tracking server accepts). Tags: ``iteration``, ``parent_version``,
     ``tags`` (flattened, stringified), lineage (``lineage`` or, for a local directory, its
     ``srlm_lineage.json``), and ``metrics`` (numeric, as ``metric.<key>``). Sets alias
-    ``iter-<iteration>``. ``upload_local=True``: through a tracking server, a local directory is
-    copied into the artifacts of ``run_id`` under ``artifact_path`` and registered as
-    ``runs:/<run_id>/<artifact_path>``.
+    ``iter-<iteration>``. ``upload_local=True``: a local directory is copied into the artifacts of
+    ``run_id`` under ``artifact_path`` and registered as ``runs:/<run_id>/<artifact_path>`` (needed
+    through a tracking server; with a local store, for a directory that will not outlive the run).
     """
     if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
         raise SrlmError(f"iteration must be a whole number >= 0, not {iteration!r}")
@@ -141,7 +141,7 @@ def register_model(
     if lineage is None and local is not None:
         lineage = read_lineage(local) if local.is_dir() else {}
     client = mlflow_client(uri)
-    if local is not None and is_http(uri):
+    if local is not None and (upload_local or is_http(uri)):
         if not upload_local:
             raise SrlmError(
                 f"{model_uri}: a tracking server ({uri}) does not accept a local path as a model version source; "

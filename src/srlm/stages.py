@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from srlm import steps
+from srlm import steps, storage
 from srlm.context import RunContext
 from srlm.eft import EFTConfig
 from srlm.errors import SrlmError
@@ -75,10 +75,18 @@ class Stage:
     cached: bool = False  # deterministic given its inputs and seeds: KFP may reuse its outputs (not: side effects)
     cli: bool = True
     iteration: bool = False  # the CLI takes --iteration (the step reads ctx.iteration)
+    models: tuple[str, ...] = ()  # params that are model directories (or references to a stored one, srlm.storage)
+    follow_refs: bool = True  # False: the step follows the references itself (register uploads a stored model)
+    writes_model: bool = False  # its ``out`` is a model: with a model volume it is stored there (srlm.storage)
 
     @property
     def command(self) -> str:
         return self.name.replace("_", "-")
+
+    @property
+    def uses_models(self) -> bool:
+        """Reads or writes model directories: its task needs the model volume, when there is one."""
+        return bool(self.models) or self.writes_model
 
     @property
     def config_class(self) -> type | None:
@@ -94,13 +102,22 @@ class Stage:
         settings.update({key: checked[key] for key in self.extras if checked.get(key)})
         return settings
 
-    def run(self, ctx: RunContext, settings: Mapping[str, Any], *, overwrite: bool = False, **values: Any
-            ) -> dict[str, Any]:
-        """The one adapter: refuse existing outputs (unless ``overwrite``), then the step."""
+    def run(self, ctx: RunContext, settings: Mapping[str, Any], *, overwrite: bool = False,
+            model_volume: str = "", **values: Any) -> dict[str, Any]:
+        """The one adapter: refuse existing outputs (unless ``overwrite``), follow model references, then the
+        step. ``model_volume``: the shared volume a model this stage makes is stored on ("" = in ``out``)."""
         for name in self.outputs:
             if values.get(name):
                 check_output_free(values[name], overwrite)
-        return self.step(ctx, **settings, **values)
+        for name in self.models if self.follow_refs else ():
+            if values.get(name):
+                values[name] = storage.resolve(values[name])
+        if not (self.writes_model and model_volume):
+            return self.step(ctx, **settings, **values)
+        ref = values["out"]
+        target = storage.prepare(storage.stored_dir(ref, model_volume, self.name, ctx.kfp_run_id))
+        stats = self.step(ctx, **settings, **{**values, "out": str(target)})
+        return {**stats, "stored_model": storage.write_ref(ref, target, self.name)}
 
 
 MODEL = Param("model", "model directory (Hugging Face save_pretrained folder with tokenizer and chat template)")
@@ -112,7 +129,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           steps.validate, outputs=(), family="light", cli=False),
     Stage("tiny_model", "build the tiny Llama-style model and its BPE tokenizer locally (M0 of the embedded default)",
           steps.tiny_model, "base_model", {"config": ("tiny", TinyModelConfig)},
-          params=(Param("out", "directory to write the model to"),), family="training", cached=True),
+          params=(Param("out", "directory to write the model to"),), family="training", cached=True,
+          writes_model=True),
     Stage("seed", "write seed data: the bundled seed set, the testbed, or IFT + EFT pool from OpenAssistant data",
           steps.seed, "data", {"config": ("seed", SeedConfig), "testbed": ("testbed", TestbedConfig)}, ("files",),
           params=(Param("out", "directory for ift.jsonl and eft_train/eft_eval.jsonl (bundled) or eft_pool.jsonl "
@@ -122,7 +140,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           params=(Param("model", "the SFT baseline (judge) model directory"),
                   Param("pool", "EFT candidate pool JSONL (from `srlm seed` on OpenAssistant data), or a seed directory"),
                   Param("out", "directory for eft_train.jsonl and eft_eval.jsonl")),
-          family="generation", resources="generation", cached=True),
+          family="generation", resources="generation", cached=True, models=("model",)),
     Stage("sft", "seed SFT on IFT (+ EFT) data: M0 -> M1 (without EFT: the SFT baseline)",
           steps.sft, "training", {"config": ("sft", SFTConfig)},
           params=(MODEL, Param("ift", "IFT JSONL (or a seed directory)"),
@@ -130,22 +148,22 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                   Param("out", "directory for the trained model"),
                   Param("chat_template", "the base model's chat template when it has none: llama-2, llama-3, chatml, "
                                          "a .jinja file or the text (saved with M1)", False)),
-          family="training", resources="training", cached=True),
+          family="training", resources="training", cached=True, models=("model",), writes_model=True),
     Stage("prompts", "generate new prompts, Self-Instruct style, with ROUGE-L and keyword filters",
           steps.prompts, "sampling", {"config": ("prompts", PromptGenConfig)},
           params=(MODEL, Param("seed_prompts", "IFT JSONL (or seed directory) whose first user turns are the seed "
                                                "prompts (default: bundled)", False),
                   Param("out", "prompts JSONL to write")),
-          family="generation", resources="generation", iteration=True, cached=True),
+          family="generation", resources="generation", iteration=True, cached=True, models=("model",)),
     Stage("sample", "sample N candidate replies per prompt", steps.sample, "sampling",
           {"config": ("candidates", SamplingConfig)},
           params=(MODEL, Param("prompts", "prompts JSONL ({id, prompt} or {instruction})"),
                   Param("out", "candidates JSONL to write"), *SHARDING),
-          family="generation", resources="generation", cached=True),
+          family="generation", resources="generation", cached=True, models=("model",)),
     Stage("judge", "self-judge every candidate with the additive 5-point rubric", steps.judge, "judging",
           {"config": ("judge", JudgeConfig)},
           params=(MODEL, Param("candidates", "candidates JSONL"), Param("out", "judgements JSONL to write"), *SHARDING),
-          family="generation", resources="generation", cached=True),
+          family="generation", resources="generation", cached=True, models=("model",)),
     Stage("merge", "join the K shard files of a fanned-out sampling or judging step into the unsharded output",
           steps.merge, params=(Param("stage", "the sharded stage: sample or judge"),
                                Param("shard_files", "the K shard files", many=True), Param("out", "the merged file")),
@@ -157,32 +175,35 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("dpo", "one DPO round: M(t) -> M(t+1), reference = M(t)", steps.dpo, "training",
           {"config": ("dpo", DPOConfig)},
           params=(MODEL, Param("pairs", "preference pairs JSONL"), Param("out", "directory for the trained model")),
-          family="training", resources="training", cached=True),
+          family="training", resources="training", cached=True, models=("model",), writes_model=True),
     Stage("evaluate", "M(t) as a reward model, head to head against M(t-1), and checked by a verifier",
           steps.evaluate, "evaluation",
           {"rm": ("rm", RMEvalConfig), "winrate": ("winrate", WinRateConfig), "verify": ("verify", VerifyConfig)},
-          ("prompts",), outputs=("out", "report"), family="generation", resources="evaluation", cli=False, cached=True),
-    Stage("register", "register M(t) by reference in the MLflow registry (lineage tags, key metrics, alias iter-<t>)",
-          steps.register, outputs=(), family="light", cli=False),
+          ("prompts",), outputs=("out", "report"), family="generation", resources="evaluation", cli=False, cached=True,
+          models=("model", "previous", "judge_model")),
+    Stage("register", "register M(t) in the MLflow registry by reference (a model on the run's model volume: copied "
+                      "to MLflow's artifact store) with lineage tags, key metrics, alias iter-<t>",
+          steps.register, outputs=(), family="light", cli=False, models=("model",), follow_refs=False),
     Stage("gate", "promotion gate: challenger on the newest M(t); champion moves when the rule holds (may play it "
                   "against an older champion)", steps.gate, "evaluation",
           {"rule": ("promotion", PromotionRule), "winrate": ("winrate", WinRateConfig)}, ("prompts",),
-          outputs=("report",), family="generation", resources="evaluation", cli=False),
+          outputs=("report",), family="generation", resources="evaluation", cli=False, models=("model", "judge_model")),
     # CLI tools over the library (not pipeline tasks)
     Stage("eval_rm", "reward-model metrics: pairwise accuracy, 5-best, exact match, Spearman, Kendall tau",
           steps.eval_rm, "evaluation", {"config": ("rm", RMEvalConfig)},
           params=(MODEL, Param("eft_eval", "EFT eval JSONL (prompts with ranked replies)"),
-                  Param("out", "report directory"))),
+                  Param("out", "report directory")), models=("model",)),
     Stage("winrate", "head-to-head win rate of A vs B, each pair judged in both orders", steps.winrate, "evaluation",
           {"config": ("winrate", WinRateConfig)},
           params=(Param("model_a", "model A directory"), Param("model_b", "model B directory"),
                   Param("judge_model", "judge model directory (keep it fixed across iterations, e.g. M1)"),
-                  Param("prompts", "prompts JSONL"), Param("out", "report directory"))),
+                  Param("prompts", "prompts JSONL"), Param("out", "report directory")),
+          models=("model_a", "model_b", "judge_model")),
     Stage("export_alpaca", "write a model's answers in AlpacaEval's model_outputs.json format", steps.export_alpaca,
           "evaluation", {"config": ("winrate", WinRateConfig)},
           params=(MODEL, Param("prompts", "prompts JSONL (e.g. AlpacaEval instructions)"),
                   Param("out", "model_outputs.json to write"),
-                  Param("generator_name", "name recorded in the 'generator' field", False))),
+                  Param("generator_name", "name recorded in the 'generator' field", False)), models=("model",)),
     Stage("promote", "set `challenger` on a registered model version; move `champion` to it when the promotion rule "
                      "holds", steps.promote, "evaluation", {"config": ("promotion", PromotionRule)},
           params=(Param("name", "registered model name in MLflow (tracking URI from MLFLOW_TRACKING_URI)"),

@@ -312,11 +312,16 @@ def export_alpaca(ctx: RunContext, *, config: Any, model: str, prompts: str, out
 
 def register(ctx: RunContext, *, model: str, model_uri: str, evaluation: str, parent_version: str = "") -> dict[str, Any]:
     """Register M(t) by reference (its artifact URI) with lineage tags and the evaluation's key metrics;
-    alias ``iter-<t>``. Returns the key metrics plus ``version`` (a string; "" when MLflow is off)."""
+    alias ``iter-<t>``. A model on the run's model volume (``model`` is a reference, srlm.storage) leaves the run:
+    it is copied into the MLflow run's artifacts (the object store) and registered as ``runs:/<run>/model``.
+    Returns the key metrics plus ``version`` (a string; "" when MLflow is off)."""
     import json
 
+    from srlm import storage
     from srlm.modeldir import check_model_dir, read_lineage
 
+    stored = storage.read_ref(model) is not None
+    model = storage.resolve(model)
     check_model_dir(model)
     lineage = read_lineage(model)
     summary_file = Path(evaluation) / "summary.json"
@@ -335,8 +340,8 @@ def register(ctx: RunContext, *, model: str, model_uri: str, evaluation: str, pa
     run_id = log(ctx, "register", {"model_uri": model_uri, "parent_version": parent_version}, metrics,
                  {"srlm_lineage.json": Path(model) / "srlm_lineage.json"})
     version = model_registry.register_model(
-        ctx.model_name, model_uri, ctx.iteration, run_id=run_id, parent_version=parent_version or None,
-        tags={"kfp_run_id": ctx.kfp_run_id}, metrics=metrics, lineage=lineage,
+        ctx.model_name, model if stored else model_uri, ctx.iteration, run_id=run_id, parent_version=parent_version or None,
+        tags={"kfp_run_id": ctx.kfp_run_id}, metrics=metrics, lineage=lineage, upload_local=stored,
     )
     return {**metrics, "version": version, "wall_seconds": round(time.perf_counter() - started, 2)}
 
