@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from srlm import SrlmError
-from srlm import openai_backend as ob
 from srlm.backends import make_generator
 from srlm.generation import GenerationOptions, request_seed
 
@@ -31,7 +30,8 @@ class FakeServer:
             def do_POST(self):  # noqa: N802 (http.server's name)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    server.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                            "body": body})
                     status, headers, delay = server.script.pop(0) if server.script else (200, {}, 0.0)
                 time.sleep(delay)
                 payload = server.answer(body) if status == 200 else {"error": {"message": f"scripted {status}"}}
@@ -72,9 +72,7 @@ def server():
     s.httpd.server_close()
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    monkeypatch.setattr(ob, "BACKOFF_SECONDS", 0.01)
+FAST = {"retry-after-ms": "10"}  # the server asks for a 10 ms wait: the client's backoff honours it
 
 
 def options(server, **kw) -> GenerationOptions:
@@ -95,7 +93,7 @@ def test_requests_replies_and_stats(server, monkeypatch):
     assert all(b["n"] == 3 and b["temperature"] == 0.7 and b["top_p"] == 0.8 and b["max_tokens"] == 20 for b in bodies)
     assert {b["seed"] for b in bodies} == {request_seed(7, i) for i in range(4)}
     assert all(r["path"] == "/v1/chat/completions" for r in server.requests)
-    assert {r["headers"]["Authorization"] for r in server.requests} == {"Bearer sk-local"}
+    assert {r["headers"]["authorization"] for r in server.requests} == {"Bearer sk-local"}
     assert (gen.stats.prompts, gen.stats.completions, gen.stats.new_tokens) == (4, 12, 60)
 
 
@@ -105,7 +103,7 @@ def test_greedy_asks_once_and_repeats(server):
     assert out == [[f"hi|{request_seed(0, 0)}|0"] * 4]
     body = server.requests[0]["body"]
     assert body["n"] == 1 and body["temperature"] == 0.0 and body["model"] == "other"
-    assert "Authorization" not in server.requests[0]["headers"]  # key variable unset: no key sent
+    assert "authorization" not in server.requests[0]["headers"]  # key variable unset: no key sent
 
 
 def test_shards_send_only_their_prompts(server):
@@ -134,16 +132,18 @@ def test_forbidden_with_unset_key(server):
 
 
 def test_retries_429_and_5xx_then_succeeds(server):
-    server.script = [(429, {"Retry-After": "0"}, 0.0), (503, {}, 0.0), (500, {}, 0.0)]
+    server.script = [(429, {"Retry-After": "0.01"}, 0.0), (503, FAST, 0.0), (500, FAST, 0.0)]
     gen = make_generator("m", options(server, max_retries=3))
+    started = time.perf_counter()
     assert gen.generate(["hi"], n=1, seed=1) == [[f"hi|{request_seed(1, 0)}|0"]]
     assert gen.retries == 3 and len(server.requests) == 4
+    assert time.perf_counter() - started < 0.5  # Retry-After honoured (the default backoff alone is 0.5 s + 1 s + 2 s)
 
 
 def test_gives_up_after_max_retries(server):
-    server.script = [(502, {}, 0.0)] * 5
+    server.script = [(502, FAST, 0.0)] * 5
     gen = make_generator("m", options(server, max_retries=2))
-    with pytest.raises(SrlmError, match=r"HTTP 502.*gave up after 3 tries"):
+    with pytest.raises(SrlmError, match=r"HTTP 502: scripted 502 \(gave up after 3 tries\)"):
         gen.generate(["hi"])
     assert len(server.requests) == 3
 

@@ -1,11 +1,14 @@
-"""The OpenAI-compatible HTTP backend: chat completions on any server that speaks the API.
+"""The OpenAI-compatible backend: chat completions on any server that speaks the API, through the
+maintained ``openai`` client.
 
 One request per prompt to ``{base_url}/chat/completions`` with the chat messages (the server
 applies the chat template), ``n``, ``temperature``, ``top_p``, ``max_tokens`` and a per-prompt
 ``seed`` derived from the prompt's global index, so results do not depend on how prompts are
-batched or sharded. Requests run ``concurrency`` at a time; 429, 5xx, timeouts and connection
-errors are retried with exponential backoff (``Retry-After`` honoured); 401/403 stop at once
-with the name of the environment variable that should hold the key. Standard library only.
+batched or sharded. Requests run ``concurrency`` at a time. The client retries 408, 409, 429, 5xx,
+timeouts and connection errors ``max_retries`` times with exponential backoff and honours
+``Retry-After``; what is left is turned into one clear line here: 401/403 name the environment
+variable that should hold the key, 404 the base URL and served model name, the rest the status
+and the server's message.
 
 The model argument of ``make_generator`` is the served model name unless ``served_model`` is
 set: a vLLM server started on a model path serves it under that path, so the same path works.
@@ -14,13 +17,10 @@ set: a vLLM server started on a model path serves it under that path, so the sam
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
+import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,18 +29,14 @@ from srlm.generation import GenerationOptions, GenerationStats, Prompt, as_messa
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 30.0
-
 
 class OpenAIGenerator:
     """The Generator interface over an OpenAI-compatible chat completions endpoint."""
 
-    def close(self) -> None:
-        """Nothing to release here: the server holds the model."""
-
     def __init__(self, model: str, options: GenerationOptions | None = None):
+        import httpx2
+        import openai
+
         self.options = options or GenerationOptions()
         if not self.options.base_url:
             raise SrlmError("backend openai: base_url is empty; set it to the server's URL up to /v1")
@@ -50,7 +46,27 @@ class OpenAIGenerator:
         self.url = self.options.base_url.rstrip("/") + "/chat/completions"
         self.api_key = os.environ.get(self.options.api_key_env, "") if self.options.api_key_env else ""
         self.stats = GenerationStats()
-        self.retries = 0  # retried requests, for logs and tests
+        self.requests = 0  # HTTP requests sent, retries included
+        self._lock = threading.Lock()
+        self._http = httpx2.Client(event_hooks={"request": [self._count]})
+        self.client = openai.OpenAI(
+            base_url=self.options.base_url.rstrip("/"), api_key=self.api_key or "unused",
+            max_retries=self.options.max_retries, timeout=self.options.request_timeout, http_client=self._http)
+        self._no_key = {} if self.api_key else {"extra_headers": {"Authorization": openai.omit}}  # no key: no header
+        self._asked = 0  # requests asked for (one per prompt); the rest of self.requests were retries
+
+    @property
+    def retries(self) -> int:
+        """Requests the client sent again after a retryable failure (for logs and tests)."""
+        return self.requests - self._asked
+
+    def close(self) -> None:
+        """The server holds the model; only the connection pool is released."""
+        self.client.close()
+
+    def _count(self, request: Any) -> None:
+        with self._lock:
+            self.requests += 1
 
     def generate(
         self,
@@ -69,14 +85,7 @@ class OpenAIGenerator:
         bodies = [self.body(prompts[i], per_prompt, temperature, top_p, max_new_tokens, request_seed(seed, i)) for i in indices]
         started = time.perf_counter()
         log.info("%s: %d prompts x %d via %s", desc, len(indices), n, self.url)
-        with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
-            futures = [pool.submit(self.post, body) for body in bodies]
-            try:
-                answers = [f.result() for f in futures]
-            except BaseException:
-                for f in futures:  # one failure ends the call: don't send (or retry) the rest
-                    f.cancel()
-                raise
+        answers = self.complete_all(bodies)
         results: list[list[str] | None] = [None for _ in prompts]
         for i, answer in zip(indices, answers):
             results[i] = [text for text in self.texts(answer, per_prompt) for _ in range(n // per_prompt)]
@@ -84,6 +93,17 @@ class OpenAIGenerator:
         self.stats.completions += len(indices) * n
         self.stats.seconds += time.perf_counter() - started
         return results
+
+    def complete_all(self, bodies: list[dict[str, Any]]) -> list[Any]:
+        """Every request body's ``ChatCompletion``, ``concurrency`` at a time; the first failure ends the call."""
+        with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
+            futures = [pool.submit(self.complete, body) for body in bodies]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:  # one failure ends the call: don't send (or retry) the rest
+                    f.cancel()
+                raise
 
     def body(self, prompt: Prompt, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int) -> dict[str, Any]:
         sampling = temperature > 0
@@ -97,89 +117,52 @@ class OpenAIGenerator:
             "seed": seed,
         }
 
-    def texts(self, answer: dict[str, Any], n: int) -> list[str]:
-        choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
+    def texts(self, answer: Any, n: int) -> list[str]:
+        choices = sorted(answer.choices or [], key=lambda c: c.index or 0)
         if len(choices) != n:
             raise SrlmError(f"{self.url}: asked for {n} choices, the server returned {len(choices)}")
-        self.stats.new_tokens += int((answer.get("usage") or {}).get("completion_tokens") or 0)
+        self.stats.new_tokens += int(getattr(answer.usage, "completion_tokens", 0) or 0)
         self.stats.sequences += len(choices)
-        self.stats.stopped += sum(c.get("finish_reason") == "stop" for c in choices)
-        return [((c.get("message") or {}).get("content") or "").strip() for c in choices]
+        self.stats.stopped += sum(c.finish_reason == "stop" for c in choices)
+        return [((c.message.content if c.message else "") or "").strip() for c in choices]
 
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST one request; retry what may pass on a second try, fail clearly on the rest."""
-        for attempt in range(self.options.max_retries + 1):
-            try:
-                return self._post_once(body)
-            except _Retryable as e:
-                if attempt == self.options.max_retries:
-                    raise SrlmError(f"{self.url}: {e} (gave up after {attempt + 1} tries)") from None
-                delay = e.retry_after if e.retry_after is not None else backoff(attempt)
-                log.warning("%s: %s; retrying in %.1f s (%d/%d)", self.url, e, delay, attempt + 1, self.options.max_retries)
-                self.retries += 1
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+    def complete(self, body: dict[str, Any]) -> Any:
+        """One chat completion (the client retries what may pass on a second try); SrlmError for the rest."""
+        import openai
 
-    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        with self._lock:
+            self._asked += 1
+        tries = f"gave up after {self.options.max_retries + 1} tries"
         try:
-            with urllib.request.urlopen(request, timeout=self.options.request_timeout) as response:
-                return json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            raise self._http_error(e) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            reason = getattr(e, "reason", e)
-            raise _Retryable(f"cannot connect ({reason})") from None
-        except json.JSONDecodeError as e:
-            raise SrlmError(f"{self.url}: the server's answer is not JSON ({e})") from None
-
-    def _http_error(self, e: urllib.error.HTTPError) -> Exception:
-        detail = _error_detail(e)
-        if e.code in (401, 403):
+            return self.client.chat.completions.create(**body, **self._no_key)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             key = self.options.api_key_env
             state = f"set ({len(self.api_key)} characters)" if self.api_key else "not set"
-            return SrlmError(
-                f"{self.url}: the server refused the API key (HTTP {e.code}: {detail}). The key is read from "
-                f"the environment variable {key!r}, which is {state}; set it (on the cluster: the Secret behind it)"
-            )
-        if e.code in RETRY_STATUS:
-            return _Retryable(f"HTTP {e.code}: {detail}", _retry_after(e))
-        if e.code == 404:
-            return SrlmError(f"{self.url}: HTTP 404 ({detail}); check base_url (up to /v1) and the served model name {self.model!r}")
-        return SrlmError(f"{self.url}: HTTP {e.code}: {detail}")
+            raise SrlmError(
+                f"{self.url}: the server refused the API key (HTTP {e.status_code}: {_detail(e)}). The key is read "
+                f"from the environment variable {key!r}, which is {state}; set it (on the cluster: the Secret behind it)"
+            ) from None
+        except openai.NotFoundError as e:
+            raise SrlmError(f"{self.url}: HTTP 404 ({_detail(e)}); check base_url (up to /v1) and the served model "
+                            f"name {self.model!r}") from None
+        except openai.APIStatusError as e:
+            retried = e.status_code in (408, 409, 429) or e.status_code >= 500
+            raise SrlmError(f"{self.url}: HTTP {e.status_code}: {_detail(e)}" + (f" ({tries})" if retried else "")
+                            ) from None
+        except openai.APITimeoutError:
+            raise SrlmError(f"{self.url}: no answer within {self.options.request_timeout} s ({tries})") from None
+        except openai.APIConnectionError as e:
+            raise SrlmError(f"{self.url}: cannot connect ({e.__cause__ or e}) ({tries})") from None
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def backoff(attempt: int) -> float:
-    """0.5, 1, 2, 4 ... seconds (capped), with up to 10% jitter so parallel requests spread out."""
-    delay = min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2**attempt)
-    return delay * (1 + 0.1 * random.random())
-
-
-def _retry_after(e: urllib.error.HTTPError) -> float | None:
-    value = e.headers.get("Retry-After") if e.headers else None
-    try:
-        return min(MAX_BACKOFF_SECONDS, max(0.0, float(value))) if value else None
-    except ValueError:
-        return None
-
-
-def _error_detail(e: urllib.error.HTTPError) -> str:
-    try:
-        text = e.read().decode("utf-8", "replace")
-    except Exception:  # the body is optional; the status code says enough
-        return e.reason or "no details"
-    try:
-        message = json.loads(text).get("error", {})
-        message = message.get("message") if isinstance(message, dict) else message
-    except (json.JSONDecodeError, AttributeError):
-        message = None
-    return str(message or text[:300] or e.reason)
+def _detail(e: Any) -> str:
+    """The server's error message (OpenAI's ``{"error": {"message"}}`` or plain text)."""
+    body = getattr(e, "body", None)  # the client hands over the "error" object when there is one
+    if isinstance(body, dict):
+        error = body.get("error")
+        message = error.get("message") if isinstance(error, dict) else body.get("message")
+        if message:
+            return str(message)
+    response = getattr(e, "response", None)
+    text = response.text[:300] if response is not None else ""
+    return text or str(e)
