@@ -299,3 +299,27 @@ def test_sampling_stage_over_openai(vllm_server, sft_model, prompts_file, tmp_pa
     settings = {"backend": "openai", "base_url": vllm_server}
     stats, rows = run_sampling(settings, sft_model, prompts_file, tmp_path / "o.jsonl")
     assert stats["prompts"] == 6 and stats["replies"] == 24 and all(len(r["replies"]) == 4 for r in rows)
+
+
+def test_alpaca_eval_logprob_judge_against_vllm_server(vllm_server, sft_model, tmp_path):
+    """AlpacaEval's one-token logprob judge against a real vLLM server (it returns top_logprobs): every request
+    carries logprobs and its first token's alternatives come back; the tiny judge rarely puts m or M among its
+    top 20, so a preference exists only where it does, and every other instruction is counted as a failure."""
+    import json
+
+    from srlm.alpaca_eval import AlpacaEvalConfig, preference_from_logprobs, run_alpaca_eval
+
+    instructions = [p for p in PROMPTS if isinstance(p, str)]
+    references = tmp_path / "references.jsonl"
+    references.write_text("".join(json.dumps({"instruction": p, "output": "A short, clear answer."}) + "\n"
+                                  for p in instructions))
+    config = AlpacaEvalConfig.load("tiny", references=str(references), backend="openai", base_url=vllm_server,
+                                   judge_base_url=vllm_server, judge_model=str(sft_model), judge_top_logprobs=20,
+                                   max_new_tokens=16, bootstrap=50)
+    metrics = run_alpaca_eval(config, sft_model, tmp_path / "out")
+    assert metrics["method"] == "logprob" and metrics["instructions"] == len(instructions)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "judgements.jsonl").read_text().splitlines()]
+    assert all(len(r["top_logprobs"]) == 20 for r in rows)  # the server answered with the alternatives asked for
+    expected = [preference_from_logprobs(r["top_logprobs"], r["model_shown_first"]) for r in rows]
+    assert [r["preference"] for r in rows] == [None if p != p else p for p in expected]
+    assert metrics["judged"] == sum(p == p for p in expected)

@@ -94,6 +94,25 @@ class OpenAIGenerator:
         self.stats.seconds += time.perf_counter() - started
         return results
 
+    def first_token_logprobs(self, prompts: list[Prompt], top_logprobs: int = 5, temperature: float = 1.0,
+                             seed: int = 0) -> list[dict[str, float] | None]:
+        """Per prompt, the ``top_logprobs`` most likely first tokens of the reply and their log-probabilities
+        (one token generated); None where the server returned no logprobs. A judge's one-token verdict weighed
+        by its probability (AlpacaEval 2.0's annotator)."""
+        bodies = [{**self.body(p, 1, temperature, 1.0, 1, request_seed(seed, i)), "logprobs": True,
+                   "top_logprobs": top_logprobs} for i, p in enumerate(prompts)]
+        started = time.perf_counter()
+        answers = self.complete_all(bodies)
+        self.stats.prompts += len(prompts)
+        self.stats.completions += len(prompts)
+        self.stats.seconds += time.perf_counter() - started
+        out: list[dict[str, float] | None] = []
+        for answer in answers:
+            choice = answer.choices[0] if answer.choices else None
+            content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+            out.append({t.token: t.logprob for t in (content[0].top_logprobs or [])} if content else None)
+        return out
+
     def complete_all(self, bodies: list[dict[str, Any]]) -> list[Any]:
         """Every request body's ``ChatCompletion``, ``concurrency`` at a time; the first failure ends the call."""
         with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from srlm import steps, storage
+from srlm.alpaca_eval import AlpacaEvalConfig
 from srlm.context import RunContext
 from srlm.eft import EFTConfig
 from srlm.errors import SrlmError
@@ -199,6 +200,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                   Param("judge_model", "judge model directory (keep it fixed across iterations, e.g. M1)"),
                   Param("prompts", "prompts JSONL"), Param("out", "report directory")),
           models=("model_a", "model_b", "judge_model")),
+    Stage("alpaca_eval", "AlpacaEval-style win rate, discrete and length-controlled, against reference outputs "
+                         "(judge: a server's logprobs, or a local model in both orders)", steps.alpaca_eval,
+          "evaluation", {"config": ("alpaca_eval", AlpacaEvalConfig)},
+          params=(MODEL, Param("out", "report directory"),
+                  Param("local_judge", "a local judge model directory (without judge_base_url)", False),
+                  Param("generator_name", "name recorded in model_outputs.json", False)),
+          models=("model", "local_judge")),
     Stage("export_alpaca", "write a model's answers in AlpacaEval's model_outputs.json format", steps.export_alpaca,
           "evaluation", {"config": ("winrate", WinRateConfig)},
           params=(MODEL, Param("prompts", "prompts JSONL (e.g. AlpacaEval instructions)"),

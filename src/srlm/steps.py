@@ -297,6 +297,17 @@ def winrate(ctx: RunContext, *, config: Any, model_a: str, model_b: str, judge_m
     return stats
 
 
+def alpaca_eval(ctx: RunContext, *, config: Any, model: str, out: str, local_judge: str | None = None,
+                generator_name: str | None = None) -> dict[str, Any]:
+    """AlpacaEval-style win rates of ``model`` against reference outputs (``srlm.alpaca_eval``)."""
+    from srlm import alpaca_eval as ae
+
+    stats = ae.run_alpaca_eval(config, model, out, local_judge, generator_name)
+    finish(ctx, "alpaca_eval", params_of(config, model=model, local_judge=local_judge or "", out=out), stats,
+           {"report.md": Path(out) / "report.md", "metrics.json": Path(out) / "metrics.json"})
+    return stats
+
+
 def export_alpaca(ctx: RunContext, *, config: Any, model: str, prompts: str, out: str,
                   generator_name: str | None = None) -> dict[str, Any]:
     """A model's answers in AlpacaEval's ``model_outputs.json`` format."""
