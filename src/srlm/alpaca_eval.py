@@ -35,6 +35,7 @@ from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
 from srlm.io import Record, read_jsonl, write_json, write_jsonl
 from srlm.judge import fill_slots, load_template
+from srlm.judge_server import JudgeServerOptions, open_judge
 from srlm.length_control import preference_metrics
 from srlm.reports import clip, fence, heading, num, pct
 
@@ -76,7 +77,7 @@ and nothing else: m or M.
 
 
 @dataclasses.dataclass
-class AlpacaEvalConfig(GenerationOptions, StageConfig):
+class AlpacaEvalConfig(JudgeServerOptions, GenerationOptions, StageConfig):
     """AlpacaEval-style win rate of a model's answers against reference outputs (the answer settings are the
     model's generation options; the judge's are the ``judge_*`` settings)."""
 
@@ -91,11 +92,6 @@ class AlpacaEvalConfig(GenerationOptions, StageConfig):
         "auto", "judging: logprob (one token, preference = probability on the model's identifier; needs a judge "
                 "server that returns logprobs) | pairwise (a verdict in both orders) | auto (logprob with a judge "
                 "server, pairwise with a local judge)")
-    judge_base_url: str = setting("", "the judge's OpenAI-compatible server up to /v1 (a vLLM server on the "
-                                      "cluster); empty = a local judge model (the pipeline's fixed judge, M1)")
-    judge_model: str = setting("", "the judge's model name on that server")
-    judge_api_key_env: str = setting("OPENAI_API_KEY", "NAME of the environment variable holding the judge "
-                                                       "server's key (a Secret on the cluster)")
     judge_top_logprobs: int = setting(5, "logprob: first-token alternatives asked for (AlpacaEval: 5)")
     judge_max_new_tokens: int = setting(8, "pairwise: tokens of the verdict (the identifier alone)")
     judge_template: str = setting("", "judge prompt file with {instruction}, {output_1}, {output_2}; empty = built-in")
@@ -111,20 +107,10 @@ class AlpacaEvalConfig(GenerationOptions, StageConfig):
                 raise SrlmError(f"alpaca_eval.{name} must be >= 0, got {getattr(self, name)}")
         if self.method == "logprob" and not self.judge_base_url:
             raise SrlmError("alpaca_eval.method logprob needs judge_base_url: a judge server that returns logprobs")
-        if self.judge_base_url and not self.judge_model:
-            raise SrlmError("alpaca_eval.judge_model is empty: name the judge's model on the server at judge_base_url")
+        self.check_judge_server("alpaca_eval")
 
     def judging_method(self) -> str:
         return self.method if self.method != "auto" else ("logprob" if self.judge_base_url else "pairwise")
-
-    def judge_options(self) -> GenerationOptions:
-        """The judge's generation options: the judge server's, or this config's own for a local judge."""
-        if not self.judge_base_url:
-            return self
-        fields = {f.name for f in dataclasses.fields(GenerationOptions)}
-        values = {name: getattr(self, name) for name in fields}
-        return GenerationOptions(**{**values, "backend": "openai", "base_url": self.judge_base_url,
-                                    "served_model": self.judge_model, "api_key_env": self.judge_api_key_env})
 
 
 def load_references(path: str | Path, limit: int = 0) -> list[Record]:
@@ -200,16 +186,7 @@ def _judge(config: AlpacaEvalConfig, judge_model: str | None, rows: list[Record]
     """Per instruction, the preference and what the judge said; the judging statistics."""
     method = config.judging_method()
     template = load_template(config.judge_template or None, DEFAULT_TEMPLATE, SLOTS, "AlpacaEval judge template")
-    if config.judge_base_url:
-        from srlm.openai_backend import OpenAIGenerator
-
-        judge = OpenAIGenerator(config.judge_model, config.judge_options())
-        identity = f"{config.judge_model} at {config.judge_base_url}"
-    else:
-        if not judge_model:
-            raise SrlmError("alpaca_eval: no judge: set judge_base_url (a judge server) or give a local judge model")
-        judge = make_generator(judge_model, config.judge_options())
-        identity = str(judge_model)
+    judge, identity = open_judge(config, judge_model, "alpaca_eval")
     switched = [is_switched(row["instruction"]) for row in rows]
     shown = [(answer, row["output"]) if s else (row["output"], answer) for row, answer, s in zip(rows, answers, switched)]
     prompts = [judge_prompt(template, row["instruction"], a, b) for row, (a, b) in zip(rows, shown)]

@@ -33,6 +33,7 @@ from srlm.groups import check_group as _check_group
 from srlm.groups import stage_config
 from srlm.io import check_output_free
 from srlm.judge import JudgeConfig
+from srlm.mt_bench import MTBenchConfig
 from srlm.pairs import PairsConfig
 from srlm.promotion import PromotionRule
 from srlm.prompts import PromptGenConfig
@@ -206,6 +207,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           params=(MODEL, Param("out", "report directory"),
                   Param("local_judge", "a local judge model directory (without judge_base_url)", False),
                   Param("generator_name", "name recorded in model_outputs.json", False)),
+          models=("model", "local_judge")),
+    Stage("mt_bench", "MT-Bench: two-turn answers graded 1-10 by a judge, per turn and per category",
+          steps.mt_bench, "evaluation", {"config": ("mt_bench", MTBenchConfig)},
+          params=(MODEL, Param("out", "report directory"),
+                  Param("local_judge", "a local judge model directory (without judge_base_url)", False)),
           models=("model", "local_judge")),
     Stage("export_alpaca", "write a model's answers in AlpacaEval's model_outputs.json format", steps.export_alpaca,
           "evaluation", {"config": ("winrate", WinRateConfig)},

@@ -308,6 +308,16 @@ def alpaca_eval(ctx: RunContext, *, config: Any, model: str, out: str, local_jud
     return stats
 
 
+def mt_bench(ctx: RunContext, *, config: Any, model: str, out: str, local_judge: str | None = None) -> dict[str, Any]:
+    """MT-Bench single-answer grading of ``model`` (``srlm.mt_bench``)."""
+    from srlm import mt_bench as mt
+
+    stats = mt.run_mt_bench(config, model, out, local_judge)
+    finish(ctx, "mt_bench", params_of(config, model=model, local_judge=local_judge or "", out=out), stats,
+           {"report.md": Path(out) / "report.md", "metrics.json": Path(out) / "metrics.json"})
+    return stats
+
+
 def export_alpaca(ctx: RunContext, *, config: Any, model: str, prompts: str, out: str,
                   generator_name: str | None = None) -> dict[str, Any]:
     """A model's answers in AlpacaEval's ``model_outputs.json`` format."""
