@@ -14,7 +14,7 @@ def test_help_lists_every_stage():
     out = srlm("--help").stdout
     commands = [stage.command for stage in stages.STAGES.values() if stage.cli]
     assert {"tiny-model", "seed", "build-eft", "sft", "prompts", "sample", "judge", "pairs", "dpo", "eval-rm", "winrate",
-            "alpaca-eval", "mt-bench", "export-alpaca", "promote"} == set(commands)
+            "alpaca-eval", "mt-bench", "ifeval", "export-alpaca", "promote"} == set(commands)
     for command in commands:
         assert command in out
     sample_help = srlm("sample", "--help").stdout

@@ -31,6 +31,7 @@ from srlm.eft import EFTConfig
 from srlm.errors import SrlmError
 from srlm.groups import check_group as _check_group
 from srlm.groups import stage_config
+from srlm.ifeval import IFEvalConfig
 from srlm.io import check_output_free
 from srlm.judge import JudgeConfig
 from srlm.mt_bench import MTBenchConfig
@@ -213,6 +214,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           params=(MODEL, Param("out", "report directory"),
                   Param("local_judge", "a local judge model directory (without judge_base_url)", False)),
           models=("model", "local_judge")),
+    Stage("ifeval", "IFEval: prompt- and instruction-level accuracy, strict and loose, checked by lm-eval's verifiers",
+          steps.ifeval, "evaluation", {"config": ("ifeval", IFEvalConfig)},
+          params=(MODEL, Param("out", "report directory")), models=("model",)),
     Stage("export_alpaca", "write a model's answers in AlpacaEval's model_outputs.json format", steps.export_alpaca,
           "evaluation", {"config": ("winrate", WinRateConfig)},
           params=(MODEL, Param("prompts", "prompts JSONL (e.g. AlpacaEval instructions)"),

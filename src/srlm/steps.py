@@ -318,6 +318,16 @@ def mt_bench(ctx: RunContext, *, config: Any, model: str, out: str, local_judge:
     return stats
 
 
+def ifeval(ctx: RunContext, *, config: Any, model: str, out: str) -> dict[str, Any]:
+    """IFEval of ``model``: verifiable instructions checked by lm-eval's verifiers (``srlm.ifeval``)."""
+    from srlm import ifeval as ife
+
+    stats = ife.run_ifeval(config, model, out)
+    finish(ctx, "ifeval", params_of(config, model=model, out=out), stats,
+           {"report.md": Path(out) / "report.md", "metrics.json": Path(out) / "metrics.json"})
+    return stats
+
+
 def export_alpaca(ctx: RunContext, *, config: Any, model: str, prompts: str, out: str,
                   generator_name: str | None = None) -> dict[str, Any]:
     """A model's answers in AlpacaEval's ``model_outputs.json`` format."""
