@@ -11,6 +11,8 @@ from srlm.reliability import (
     krippendorff_alpha,
     position_consistency,
     rank_agreement,
+    round_judge_stats,
+    spearman,
 )
 
 NAN = math.nan
@@ -49,3 +51,21 @@ def test_position_ties_calibration_and_rank_agreement():
     assert rank_agreement([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_agreement([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert rank_agreement([1, None, 3], [2, 5, None]) is None
+
+
+def test_a_rounds_judge_stats_from_its_judgements_file():
+    from scipy.stats import spearmanr
+
+    records = [
+        {"replies": [{"text": "a" * 10, "scores": [2, 2, 3], "mean": 7 / 3}, {"text": "a" * 40, "scores": [4, 4, 4], "mean": 4.0}]},
+        {"replies": [{"text": "a" * 20, "scores": [3, None, 3], "mean": 3.0}, {"text": "a" * 30, "scores": [3, 3, 3], "mean": 3.0}]},
+        {"replies": [{"text": "a" * 5, "scores": [None, None, None], "mean": None}, {"text": "a" * 50, "scores": [5, 4, 5], "mean": 14 / 3}]},
+    ]
+    stats = round_judge_stats(records)
+    assert stats["all_tie_share"] == 0.5  # the second prompt; the third has one scored reply
+    means, lengths = [7 / 3, 4.0, 3.0, 3.0, 14 / 3], [10, 40, 20, 30, 50]
+    assert stats["score_length_spearman"] == pytest.approx(spearmanr(means, lengths).statistic)
+    assert stats["score_length_spearman"] > 0.8  # longer replies scored higher: the length bias to watch
+    assert 0.0 < stats["judge_alpha_ordinal"] <= 1.0
+    assert sum(stats[f"score_hist_{k}"] for k in range(6)) == pytest.approx(1.0) and stats["score_hist_3"] == pytest.approx(6 / 14)
+    assert spearman([1, 2, 2, 3], [1, 3, 3, 2]) == pytest.approx(spearmanr([1, 2, 2, 3], [1, 3, 3, 2]).statistic)

@@ -14,6 +14,7 @@ from typing import Any
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.io import Record, read_jsonl, write_jsonl
+from srlm.reliability import round_judge_stats
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def build_pairs(records: list[Record], config: PairsConfig) -> tuple[list[Record
         "rejected_mean_chars": _mean(len(p["rejected"]) for p in pairs),
         "chosen_mean_score": _mean(p["chosen_score"] for p in pairs),
         "rejected_mean_score": _mean(p["rejected_score"] for p in pairs),
+        **round_judge_stats(records),  # how far this round's self-judge can be trusted (srlm.reliability)
     }
     return pairs, stats
 

@@ -92,3 +92,40 @@ def rank_agreement(scores_a: Sequence[float | None], scores_b: Sequence[float | 
         return None
     tau = kendalltau([a for a, _ in pairs], [b for _, b in pairs]).statistic
     return None if math.isnan(tau) else float(tau)
+
+
+def round_judge_stats(records: Sequence[dict]) -> dict[str, float | None]:
+    """A round's self-judging as the judgements file holds it (per prompt its replies, each with its sampled
+    ``scores`` and their ``mean``): agreement between the samples (ordinal alpha), the all-tie share, the
+    Spearman correlation between a reply's mean score and its length in characters, and the histogram of
+    valid sample scores rounded to whole points (``score_hist_<k>``, shares)."""
+    replies = [r for record in records for r in record["replies"]]
+    samples = [[s if s is not None else math.nan for s in r["scores"]] for r in replies]
+    scored = [(r["mean"], len(r["text"])) for r in replies if r["mean"] is not None]
+    correlation = None
+    if len(scored) >= 3 and len({m for m, _ in scored}) > 1 and len({n for _, n in scored}) > 1:
+        correlation = spearman([m for m, _ in scored], [n for _, n in scored])
+    valid = [round(s) for row in samples for s in row if not math.isnan(s)]
+    stats: dict[str, float | None] = {
+        "judge_alpha_ordinal": krippendorff_alpha(samples),
+        "all_tie_share": all_tie_share([[r["mean"] for r in record["replies"]] for record in records]),
+        "score_length_spearman": correlation,
+    }
+    stats.update({f"score_hist_{k}": (valid.count(k) / len(valid) if valid else 0.0) for k in range(6)})
+    return stats
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n, ties given their average rank."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for v in np.unique(values):
+        ranks[values == v] = ranks[values == v].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (numpy only: the pairs stage runs in the light image, without scipy)."""
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
