@@ -5,6 +5,8 @@ Each measurement runs in its own child process so its peak memory (max RSS) is i
 - judging: rubric judgements per second with the judge's tiny settings, on the model after the
   bench's few SFT steps (it rarely reaches a score line, so judgements run to max_new_tokens);
 - training: SFT and DPO seconds per optimizer step and peak memory;
+- benchmark judging: AlpacaEval's pairwise method and MT-Bench grading with a local judge (requests/s;
+  the logprob method needs a judge server: one request of one token per instruction);
 - CPU numerics: SFT steps and batched generation on native vs portable kernels (``srlm.numerics``),
   one thread each, so the ratio is the cost of the pinned kernels alone;
 - vLLM (where vllm is importable: `make bench-vllm`): the batched generation run again on vLLM
@@ -152,6 +154,36 @@ def bench_judge(model: str, items: list[tuple[str, str]], threads: int) -> dict[
             "judgements_per_second": round(stats.judgements / seconds, 2), "parse_failure_rate": round(stats.parse_failure_rate, 3)}
 
 
+def bench_benchmark_judges(model: str, items: list[tuple[str, str]], threads: int) -> dict[str, Any]:
+    """Judge requests per second of the benchmarks' judging with a local (transformers) judge, after a warm-up,
+    loading the judge included: AlpacaEval's pairwise method (two requests per instruction) and MT-Bench's 1-10 grading (one per
+    turn)."""
+    from srlm import alpaca_eval, mt_bench
+    from srlm.backends import make_generator
+
+    rows = [{"id": str(i), "instruction": prompt, "output": reply} for i, (prompt, reply) in enumerate(items)]
+    answers = [reply[::-1] for _, reply in items]  # any other text of the same length
+    config = alpaca_eval.AlpacaEvalConfig.load("tiny", backend="transformers", threads=threads)
+    alpaca_eval._judge(config, model, rows[:1], answers[:1])  # warm-up: imports and first load out of the timings
+    started = time.perf_counter()
+    preferences, _, _ = alpaca_eval._judge(config, model, rows, answers)
+    alpaca_seconds = time.perf_counter() - started
+    grading = mt_bench.MTBenchConfig.load("tiny", backend="transformers", threads=threads)
+    messages = [[{"role": "system", "content": "Grade the answer 1-10 as [[rating]]."},
+                 {"role": "user", "content": f"[Question]\n{prompt}\n[Answer]\n{reply}"}] for prompt, reply in items]
+    started = time.perf_counter()  # both timings include loading the judge
+    judge = make_generator(model, grading)
+    texts = judge.generate(messages, n=1, temperature=0.0, max_new_tokens=grading.judge_max_new_tokens, desc="grading")
+    mt_seconds = time.perf_counter() - started
+    judge.close()
+    return {"alpaca_pairwise_requests": 2 * len(rows), "alpaca_pairwise_seconds": round(alpaca_seconds, 3),
+            "alpaca_pairwise_requests_per_second": round(2 * len(rows) / alpaca_seconds, 2),
+            "alpaca_pairwise_verdicts": sum(p == p for p in preferences),
+            "mt_bench_requests": len(messages), "mt_bench_seconds": round(mt_seconds, 3),
+            "mt_bench_requests_per_second": round(len(messages) / mt_seconds, 2),
+            "mt_bench_ratings": sum(mt_bench.parse_rating(t[0]) is not None for t in texts)}
+
+
 def bench_training(kind: str, model: str, data: dict[str, str], out: str, steps: int, threads: int) -> dict[str, Any]:
     from srlm import training
 
@@ -233,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_items = seed_data.bundled("eft_eval")
         items = [(item["prompt"], reply) for item in eval_items for reply in item["replies"]][:32]
         results["judge"] = isolated(bench_judge, str(tmp_path / "m1"), items, args.threads)
+        print("benchmark judging: AlpacaEval pairwise, MT-Bench grading ...", flush=True)
+        results["benchmark_judges"] = isolated(bench_benchmark_judges, str(tmp_path / "m1"), items, args.threads)
 
         print("training: DPO steps ...", flush=True)
         pairs = [{"prompt": r["messages"][0]["content"], "chosen": r["messages"][-1]["content"],
@@ -303,6 +337,10 @@ def summary(r: dict[str, Any]) -> str:
         ("generation, one at a time", f"{g['one_at_a_time']['tokens_per_second']:.0f} tok/s", f"{g['one_at_a_time']['peak_rss_mb']:.0f} MB"),
         ("  batched / one at a time", f"{g['speedup']:.1f}x", ""),
         (f"judging ({r['judge']['judgements']} judgements, parse rate {1 - r['judge']['parse_failure_rate']:.0%})", f"{r['judge']['judgements_per_second']:.1f} judgements/s", f"{r['judge']['peak_rss_mb']:.0f} MB"),
+        ("AlpacaEval judging, pairwise (local judge, both orders)",
+         f"{r['benchmark_judges']['alpaca_pairwise_requests_per_second']:.1f} requests/s",
+         f"{r['benchmark_judges']['peak_rss_mb']:.0f} MB"),
+        ("MT-Bench grading (local judge)", f"{r['benchmark_judges']['mt_bench_requests_per_second']:.1f} requests/s", ""),
         (f"SFT step (batch {r['sft']['batch_size']})", f"{r['sft']['seconds_per_step']:.3f} s", f"{r['sft']['peak_rss_mb']:.0f} MB"),
         (f"DPO step (batch {r['dpo']['batch_size']})", f"{r['dpo']['seconds_per_step']:.3f} s", f"{r['dpo']['peak_rss_mb']:.0f} MB"),
     ]
