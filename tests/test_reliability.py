@@ -11,6 +11,7 @@ from srlm.reliability import (
     krippendorff_alpha,
     position_consistency,
     rank_agreement,
+    ranked_calibration,
     round_judge_stats,
     spearman,
 )
@@ -69,3 +70,17 @@ def test_a_rounds_judge_stats_from_its_judgements_file():
     assert 0.0 < stats["judge_alpha_ordinal"] <= 1.0
     assert sum(stats[f"score_hist_{k}"] for k in range(6)) == pytest.approx(1.0) and stats["score_hist_3"] == pytest.approx(6 / 14)
     assert spearman([1, 2, 2, 3], [1, 3, 3, 2]) == pytest.approx(spearmanr([1, 2, 2, 3], [1, 3, 3, 2]).statistic)
+
+
+def test_the_rubric_judge_against_human_ranks():
+    """Reply 0 (rank 0, best) vs reply 1 (rank 1): samples [4, 4] vs [2, 4] -> 2 of 4 sample pairs higher, 2 ties
+    -> p = (2 + 1) / 4 = 0.75, outcome 1. Reply 0 vs reply 2 (rank 2): [4, 4] vs [5, None] -> p 0, outcome 1.
+    Reply 1 vs reply 2: [2, 4] vs [5] -> p 0, outcome 1. A reply with no valid sample makes no pair."""
+    rows = [{"replies": [{"scores": [4, 4], "human_rank": 0}, {"scores": [2, 4], "human_rank": 1},
+                         {"scores": [5, None], "human_rank": 2}, {"scores": [None], "human_rank": 3}]}]
+    stats = ranked_calibration(rows)
+    assert stats["judge_calibration_pairs"] == 3
+    assert stats["judge_pair_mae"] == pytest.approx((0.25 + 1 + 1) / 3)
+    # bins: 0.75 -> bin 7 (1 pair, error 0.25); 0.0 -> bin 0 (2 pairs, error 1)
+    assert stats["judge_ece"] == pytest.approx(0.25 / 3 + 2 / 3)
+    assert stats["judge_alpha_ordinal"] is not None

@@ -78,6 +78,7 @@ def summary_of(rm: dict[str, Any], win: dict[str, Any], verified: dict[str, Any]
     """The key metrics of an evaluation (``summary.json``): RM metrics, head-to-head rates, lengths, verifier."""
     summary: dict[str, Any] = {k: rm[k] for k in RM_METRICS if rm.get(k) is not None}
     summary["judge_parse_failure_rate"] = rm["judge_parse_failure_rate"]
+    summary.update({k: rm[k] for k in ("judge_ece", "judge_alpha_ordinal") if rm.get(k) is not None})
     summary.update(head_to_head_metrics(win, "previous"))
     summary["mean_length"] = win["mean_length_a"]
     summary["mean_length_previous"] = win["mean_length_b"]

@@ -129,3 +129,29 @@ def _ranks(values: Sequence[float]) -> np.ndarray:
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman's rank correlation (numpy only: the pairs stage runs in the light image, without scipy)."""
     return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def ranked_calibration(rows: Sequence[dict]) -> dict[str, float | None]:
+    """The rubric judge against human ranks (the EFT eval rows: per prompt its replies, each with the judge's
+    sampled ``scores`` and its ``human_rank``, 0 = best). For every two replies of a prompt with different ranks
+    the judge's probability that the first is better is the share of their sample pairs it scores higher (ties
+    half); the outcome is whether people ranked it better. Returns the expected calibration error of those
+    probabilities (10 bins), their mean absolute error, and the ordinal alpha between the samples."""
+    probabilities, outcomes, samples = [], [], []
+    for row in rows:
+        replies = row["replies"]
+        samples += [[s if s is not None else math.nan for s in r["scores"]] for r in replies]
+        for i in range(len(replies)):
+            for j in range(i + 1, len(replies)):
+                a, b = replies[i], replies[j]
+                if a["human_rank"] == b["human_rank"]:
+                    continue
+                sa, sb = [s for s in a["scores"] if s is not None], [s for s in b["scores"] if s is not None]
+                if not sa or not sb:
+                    continue
+                wins = sum((x > y) + 0.5 * (x == y) for x in sa for y in sb)
+                probabilities.append(wins / (len(sa) * len(sb)))
+                outcomes.append(float(a["human_rank"] < b["human_rank"]))
+    error = (float(np.mean(np.abs(np.array(probabilities) - np.array(outcomes)))) if probabilities else None)
+    return {"judge_ece": expected_calibration_error(probabilities, outcomes), "judge_pair_mae": error,
+            "judge_calibration_pairs": len(probabilities), "judge_alpha_ordinal": krippendorff_alpha(samples)}

@@ -22,6 +22,7 @@ from srlm.errors import SrlmError
 from srlm.io import Record, atomic_path, read_jsonl, validate, write_json, write_jsonl
 from srlm.judge import JudgeConfig, judge_pairs, load_template
 from srlm.metrics import RM_METRICS
+from srlm.reliability import ranked_calibration
 from srlm.reports import clip, fence, heading, lineage_summary, lineage_text, num, pct
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def run_rm(
 
     metrics = reward_model_metrics(items, scores)
     metrics["judge_parse_failure_rate"] = stats.parse_failure_rate
+    metrics.update(ranked_calibration(rows))  # how far the judge's scores can be trusted (srlm.reliability)
     metrics["judge"] = stats.as_dict()
     metrics["run"] = {
         "model": str(model),
