@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from openai_standin import OpenAIStandIn, completion
 
 from srlm.alpaca_eval import (
     AlpacaEvalConfig,
@@ -80,47 +79,18 @@ def test_references_are_checked_with_the_file_and_row(tmp_path, references):
         AlpacaEvalConfig.load("tiny", method="logprob")
 
 
-class LogprobJudge:
-    """An OpenAI-compatible judge server whose one-token verdict always puts 0.8 on "M" and 0.2 on "m"."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        judge = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                judge.bodies.append(body)
-                top = [{"token": "M", "logprob": math.log(0.8)}, {"token": "m", "logprob": math.log(0.2)}]
-                answer = {"choices": [{"index": 0, "finish_reason": "length",
-                                       "message": {"role": "assistant", "content": "M"},
-                                       "logprobs": {"content": [{"token": "M", "logprob": math.log(0.8),
-                                                                 "top_logprobs": top}]}}],
-                          "usage": {"completion_tokens": 1}}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+def logprob_verdict(body):
+    """The judge's one-token verdict always puts 0.8 on "M" and 0.2 on "m"."""
+    top = [{"token": "M", "logprob": math.log(0.8)}, {"token": "m", "logprob": math.log(0.2)}]
+    return completion("M", "length", logprobs={"content": [{"token": "M", "logprob": math.log(0.8), "top_logprobs": top}]})
 
 
 @pytest.mark.slow
 def test_the_logprob_method_weighs_the_judges_one_token_verdict(tmp_path, references, tiny_model):
-    judge = LogprobJudge()
-    config = AlpacaEvalConfig.load("tiny", references=str(references), max_new_tokens=8, judge_base_url=judge.url,
-                                   judge_model="judge-70b", bootstrap=100)
-    try:
+    with OpenAIStandIn(logprob_verdict) as judge:
+        config = AlpacaEvalConfig.load("tiny", references=str(references), max_new_tokens=8, judge_base_url=judge.url,
+                                       judge_model="judge-70b", bootstrap=100)
         metrics = run_alpaca_eval(config, tiny_model, tmp_path / "out")
-    finally:
-        judge.httpd.shutdown()
     expected = [0.2 if is_switched(r["instruction"]) else 0.8 for r in REFERENCES]  # P(M) = 0.8, the model's slot
     assert metrics["method"] == "logprob" and metrics["judge"] == f"judge-70b at {judge.url}"
     assert metrics["win_rate"] == pytest.approx(sum(expected) / len(expected))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from srlm import rm_eval, stages, winrate
+from srlm import backends, rm_eval, stages, winrate
 from srlm.errors import SrlmError
 from srlm.io import read_jsonl
 from srlm.metrics import numeric_metrics
@@ -292,7 +292,11 @@ class ScriptedGenerator:
 @pytest.fixture
 def scripted(monkeypatch, tmp_path):
     ScriptedGenerator.loaded = []
-    monkeypatch.setattr(winrate, "make_generator", lambda model, options=None, chat_template="": ScriptedGenerator(Path(model).name))
+    def scripted_generator(model, options=None, chat_template=""):
+        return ScriptedGenerator(Path(model).name)
+
+    monkeypatch.setattr(winrate, "make_generator", scripted_generator)
+    monkeypatch.setattr(backends, "make_generator", scripted_generator)  # answer_each (the AlpacaEval export)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": f"task {i}", "dataset": "demo"}) + "\n" for i in range(5)))
     return prompts

@@ -5,10 +5,9 @@ and turn with the reference answers, the per-category temperatures, the scores; 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from openai_standin import OpenAIStandIn, completion
 
 from srlm.errors import SrlmError
 from srlm.mt_bench import MTBenchConfig, load_judge_prompts, load_questions, parse_rating, run_mt_bench
@@ -63,52 +62,23 @@ def test_inputs_are_checked_with_the_file_and_record(tmp_path, files):
     assert len(load_questions(files["questions"], limit=2)) == 2
 
 
-class ModelAndJudge:
-    """An OpenAI-compatible server that answers as the model ("answer to: <question>") and grades as the judge:
-    turn-1 judgements get [[8]], multi-turn ones [[4]], and the stem question's second turn no rating at all."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.bodies.append(body)
-                system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
-                last = body["messages"][-1]["content"]
-                if not system:
-                    text = f"answer to: {last}"
-                elif "second" in system:
-                    text = "I cannot rate this." if "five words" in last else "Rating: [[4]]"
-                else:
-                    text = "Good. Rating: [[8]]"
-                answer = {"choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": text}}],
-                          "usage": {"completion_tokens": 3}}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+def model_and_judge(body):
+    """Answers as the model ("answer to: <question>") and grades as the judge: turn-1 judgements get [[8]],
+    multi-turn ones [[4]], and the stem question's second turn no rating at all."""
+    system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
+    last = body["messages"][-1]["content"]
+    if not system:
+        return completion(f"answer to: {last}")
+    if "second" in system:
+        return completion("I cannot rate this." if "five words" in last else "Rating: [[4]]")
+    return completion("Good. Rating: [[8]]")
 
 
 def test_two_turns_graded_per_turn_and_category(tmp_path, files):
-    server = ModelAndJudge()
-    config = MTBenchConfig.load("tiny", **files, backend="openai", base_url=server.url, judge_base_url=server.url,
-                                judge_model="judge")
-    try:
+    with OpenAIStandIn(model_and_judge) as server:
+        config = MTBenchConfig.load("tiny", **files, backend="openai", base_url=server.url, judge_base_url=server.url,
+                                    judge_model="judge")
         metrics = run_mt_bench(config, "model-under-test", tmp_path / "out")
-    finally:
-        server.httpd.shutdown()
     answers = [b for b in server.bodies if b["messages"][0]["role"] != "system"]
     judgements = [b for b in server.bodies if b["messages"][0]["role"] == "system"]
     assert len(answers) == 6 and len(judgements) == 6

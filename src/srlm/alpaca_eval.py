@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from srlm.backends import make_generator
+from srlm.backends import answer_each
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
@@ -181,7 +181,7 @@ def verdict_preference(verdict: str | None, model_first: bool) -> float:
     return 1.0 if (verdict == "m") == model_first else 0.0
 
 
-def _judge(config: AlpacaEvalConfig, judge_model: str | None, rows: list[Record], answers: list[str]
+def judge_against_references(config: AlpacaEvalConfig, judge_model: str | None, rows: list[Record], answers: list[str]
            ) -> tuple[list[float], list[Record], dict[str, Any]]:
     """Per instruction, the preference and what the judge said; the judging statistics."""
     method = config.judging_method()
@@ -225,19 +225,14 @@ def run_alpaca_eval(config: AlpacaEvalConfig, model: str | Path, out: str | Path
     rows = load_references(config.references, config.max_instructions)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    generator = make_generator(model, config)
-    try:
-        answers = [texts[0] for texts in generator.generate(
-            [row["instruction"] for row in rows], n=1, temperature=config.temperature, top_p=config.top_p,
-            max_new_tokens=config.max_new_tokens, seed=config.seed, desc="alpaca_eval answers")]
-        truncation = generator.stats.truncation()
-    finally:
-        generator.close()
+    answers, truncation = answer_each(model, config, [row["instruction"] for row in rows], temperature=config.temperature,
+                                      top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed,
+                                      desc="alpaca_eval answers")
     name = generator_name or Path(model).resolve().name
     write_json(out / "model_outputs.json", [{"instruction": r["instruction"], "output": a, "generator": name,
                                               **({"dataset": r["dataset"]} if "dataset" in r else {})}
                                              for r, a in zip(rows, answers)])
-    preferences, judged, judging = _judge(config, str(judge_model) if judge_model else None, rows, answers)
+    preferences, judged, judging = judge_against_references(config, str(judge_model) if judge_model else None, rows, answers)
     metrics = {**preference_metrics(preferences, [len(a) for a in answers], [len(r["output"]) for r in rows],
                                     bootstrap=config.bootstrap, seed=config.seed),
                **judging, **truncation, "references": str(config.references)}

@@ -11,6 +11,7 @@ import importlib.metadata
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Any
 
 from srlm.errors import SrlmError
 from srlm.generation import BACKENDS, GenerationOptions, Generator
@@ -66,3 +67,16 @@ def make_generator(model_dir: str | Path, options: GenerationOptions | None = No
     from srlm.transformers_backend import TransformersGenerator
 
     return TransformersGenerator(model_dir, options, chat_template)
+
+
+def answer_each(model_dir: str | Path, options: GenerationOptions, prompts: list[Any], *, temperature: float,
+                max_new_tokens: int, seed: int, desc: str, top_p: float = 1.0) -> tuple[list[str], dict[str, float]]:
+    """One reply per prompt from a generator opened for this call and closed after it; the replies and the
+    share cut at ``max_new_tokens`` (what a benchmark's answering step needs)."""
+    generator = make_generator(model_dir, options)
+    try:
+        outputs = generator.generate(prompts, n=1, temperature=temperature, top_p=top_p,
+                                     max_new_tokens=max_new_tokens, seed=seed, desc=desc)
+        return [texts[0] for texts in outputs], generator.stats.truncation()
+    finally:
+        generator.close()

@@ -164,9 +164,9 @@ def bench_benchmark_judges(model: str, items: list[tuple[str, str]], threads: in
     rows = [{"id": str(i), "instruction": prompt, "output": reply} for i, (prompt, reply) in enumerate(items)]
     answers = [reply[::-1] for _, reply in items]  # any other text of the same length
     config = alpaca_eval.AlpacaEvalConfig.load("tiny", backend="transformers", threads=threads)
-    alpaca_eval._judge(config, model, rows[:1], answers[:1])  # warm-up: imports and first load out of the timings
+    alpaca_eval.judge_against_references(config, model, rows[:1], answers[:1])  # warm-up: imports and first load out of the timings
     started = time.perf_counter()
-    preferences, _, _ = alpaca_eval._judge(config, model, rows, answers)
+    preferences, _, _ = alpaca_eval.judge_against_references(config, model, rows, answers)
     alpaca_seconds = time.perf_counter() - started
     grading = mt_bench.MTBenchConfig.load("tiny", backend="transformers", threads=threads)
     messages = [[{"role": "system", "content": "Grade the answer 1-10 as [[rating]]."},

@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from srlm.backends import make_generator
+from srlm.backends import answer_each
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
@@ -174,14 +174,8 @@ def run_ifeval(config: IFEvalConfig, model: str | Path, out: str | Path) -> dict
     records = load_prompts(config.prompts, config.max_prompts)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    generator = make_generator(model, config)
-    try:
-        responses = [texts[0] for texts in generator.generate(
-            [r["prompt"] for r in records], n=1, temperature=0.0, max_new_tokens=config.max_new_tokens,
-            seed=config.seed, desc="ifeval answers")]
-        truncation = generator.stats.truncation()
-    finally:
-        generator.close()
+    responses, truncation = answer_each(model, config, [r["prompt"] for r in records], temperature=0.0,
+                                        max_new_tokens=config.max_new_tokens, seed=config.seed, desc="ifeval answers")
     rows, metrics = score(records, responses)
     metrics.update(truncation)
     write_jsonl(out / "results.jsonl", rows)

@@ -141,13 +141,13 @@ def register_model(
     if lineage is None and local is not None:
         lineage = read_lineage(local) if local.is_dir() else {}
     client = mlflow_client(uri)
-    if local is not None and (upload_local or is_http(uri)):
-        if not upload_local:
-            raise SrlmError(
-                f"{model_uri}: a tracking server ({uri}) does not accept a local path as a model version source; "
-                "register the model's remote artifact URI (s3://..., or runs:/<run_id>/... of a run that logged it), "
-                "or pass upload_local=True to copy it into the run's artifacts"
-            )
+    if local is not None and is_http(uri) and not upload_local:
+        raise SrlmError(
+            f"{model_uri}: a tracking server ({uri}) does not accept a local path as a model version source; "
+            "register the model's remote artifact URI (s3://..., or runs:/<run_id>/... of a run that logged it), "
+            "or pass upload_local=True to copy it into the run's artifacts"
+        )
+    if local is not None and upload_local:
         if not run_id:
             raise SrlmError(f"{model_uri}: upload_local needs the run_id of the run to copy the model into")
         with mlflow_errors(f"uploading {local} to run {run_id}"):

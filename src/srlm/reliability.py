@@ -52,8 +52,8 @@ def _distances(values: np.ndarray, totals: np.ndarray, level: str) -> np.ndarray
         return np.subtract.outer(values, values) ** 2
     if level == "ordinal":
         cumulative = np.concatenate([[0.0], np.cumsum(totals)])
-        low, high = np.minimum.outer(np.arange(len(values)), np.arange(len(values))), \
-            np.maximum.outer(np.arange(len(values)), np.arange(len(values)))
+        index = np.arange(len(values))
+        low, high = np.minimum.outer(index, index), np.maximum.outer(index, index)
         between = cumulative[high + 1] - cumulative[low]  # sum of n_g for g from c to k
         return (between - (totals[low] + totals[high]) / 2) ** 2
     raise ValueError(f"unknown level of measurement {level!r}")
@@ -152,6 +152,6 @@ def ranked_calibration(rows: Sequence[dict]) -> dict[str, float | None]:
                 wins = sum((x > y) + 0.5 * (x == y) for x in sa for y in sb)
                 probabilities.append(wins / (len(sa) * len(sb)))
                 outcomes.append(float(a["human_rank"] < b["human_rank"]))
-    error = (float(np.mean(np.abs(np.array(probabilities) - np.array(outcomes)))) if probabilities else None)
+    error = float(np.mean(np.abs(np.subtract(probabilities, outcomes)))) if probabilities else None
     return {"judge_ece": expected_calibration_error(probabilities, outcomes), "judge_pair_mae": error,
             "judge_calibration_pairs": len(probabilities), "judge_alpha_ordinal": krippendorff_alpha(samples)}

@@ -297,6 +297,11 @@ def winrate(ctx: RunContext, *, config: Any, model_a: str, model_b: str, judge_m
     return stats
 
 
+def report_files(out: str) -> dict[str, Path]:
+    """A benchmark's report and metrics, logged as artifacts of its MLflow run."""
+    return {"report.md": Path(out) / "report.md", "metrics.json": Path(out) / "metrics.json"}
+
+
 def alpaca_eval(ctx: RunContext, *, config: Any, model: str, out: str, local_judge: str | None = None,
                 generator_name: str | None = None) -> dict[str, Any]:
     """AlpacaEval-style win rates of ``model`` against reference outputs (``srlm.alpaca_eval``)."""
@@ -304,7 +309,7 @@ def alpaca_eval(ctx: RunContext, *, config: Any, model: str, out: str, local_jud
 
     stats = ae.run_alpaca_eval(config, model, out, local_judge, generator_name)
     finish(ctx, "alpaca_eval", params_of(config, model=model, local_judge=local_judge or "", out=out), stats,
-           {"report.md": Path(out) / "report.md", "metrics.json": Path(out) / "metrics.json"})
+           report_files(out))
     return stats
 
 
@@ -314,7 +319,7 @@ def mt_bench(ctx: RunContext, *, config: Any, model: str, out: str, local_judge:
 
     stats = mt.run_mt_bench(config, model, out, local_judge)
     finish(ctx, "mt_bench", params_of(config, model=model, local_judge=local_judge or "", out=out), stats,
-           {"report.md": Path(out) / "report.md", "metrics.json": Path(out) / "metrics.json"})
+           report_files(out))
     return stats
 
 
@@ -324,7 +329,7 @@ def ifeval(ctx: RunContext, *, config: Any, model: str, out: str) -> dict[str, A
 
     stats = ife.run_ifeval(config, model, out)
     finish(ctx, "ifeval", params_of(config, model=model, out=out), stats,
-           {"report.md": Path(out) / "report.md", "metrics.json": Path(out) / "metrics.json"})
+           report_files(out))
     return stats
 
 

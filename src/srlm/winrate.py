@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from srlm.backends import make_generator
+from srlm.backends import answer_each, make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, GenerationStats, Generator
@@ -421,17 +421,12 @@ def export_alpaca(
     """
     records = _limit(read_prompts(prompts), config.export_max_prompts)
     name = generator_name or Path(model).resolve().name
-    generator = make_generator(model, config)
-    outputs = generator.generate(
-        [r["prompt"] for r in records], n=1, temperature=config.temperature, top_p=config.top_p,
-        max_new_tokens=config.max_new_tokens, seed=config.seed, desc="alpaca answers",
-    )
-    truncation = generator.stats.truncation()
-    generator.close()
-    del generator
+    answers, truncation = answer_each(model, config, [r["prompt"] for r in records], temperature=config.temperature,
+                                      top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed,
+                                      desc="alpaca answers")
     rows = []
-    for record, texts in zip(records, outputs):
-        row = {"instruction": record.get("instruction", record["prompt"]), "output": texts[0], "generator": name}
+    for record, answer in zip(records, answers):
+        row = {"instruction": record.get("instruction", record["prompt"]), "output": answer, "generator": name}
         if "dataset" in record:
             row["dataset"] = record["dataset"]
         rows.append(row)
