@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.images import image
 
@@ -44,11 +44,13 @@ def register(
 @dsl.component(base_image=image("gate"), install_kfp_package=False)
 def gate(
     evaluation: dict, model: Input[Model], judge_model: Input[Model], eft: Input[Dataset], version: str,
-    mlflow: dict, kfp_run_id: str, report: Output[Markdown], metrics: Output[Metrics], model_volume: str = "",
+    mlflow: dict, kfp_run_id: str, report: Output[Markdown], run_report: Output[HTML], metrics: Output[Metrics],
+    model_volume: str = "",
 ):
-    """Set challenger on the newest M(t); move champion only when the promotion rule holds."""
+    """Set challenger on the newest M(t); move champion only when the promotion rule holds; the run's report
+    (every M(t)'s numbers as plots, one self-contained HTML page)."""
     from srlm import stages
 
     stages.run_task("gate", metrics, evaluation, mlflow, kfp_run_id, version=version, model=model.path,
-                    judge_model=judge_model.path, eft=eft.path, report=report.path,
+                    judge_model=judge_model.path, eft=eft.path, report=report.path, run_report=run_report.path,
                     model_volume=model_volume)

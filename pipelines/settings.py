@@ -170,7 +170,7 @@ TINY = PipelineSettings(
         "sampling": {"preset": "tiny"},
         "judging": {"preset": "tiny"},
         "training": {"preset": "tiny"},
-        "evaluation": {"preset": "tiny"},
+        "evaluation": {"preset": "tiny", "benchmarks": ["alpaca_eval", "mt_bench", "ifeval"]},
         "mlflow": {"enabled": True, "experiment": "srlm-demo", "model_name": "srlm-tiny"},
     },
     gpus={kind: 0 for kind in GPU_KINDS},

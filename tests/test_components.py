@@ -238,6 +238,30 @@ def test_validate_reports_every_bad_input_before_any_gpu_work(tmp_path, monkeypa
     assert "rubric.txt: judge template file not found" in message
 
 
+def test_validate_reads_every_benchmarks_files_and_the_rules_benchmark_metric(tmp_path):
+    broken = tmp_path / "questions.jsonl"
+    broken.write_text('{"question_id": 1, "category": "writing", "turns": ["only one"]}\n')
+    evaluation = {"preset": "tiny", "benchmarks": ["mt_bench", "alpaca_eval"],
+                  "mt_bench": {"questions": str(broken)}, "alpaca_eval": {"references": str(tmp_path / "none.jsonl")},
+                  "promotion": {"benchmark_metric": "ifeval_prompt_strict"}}
+    with pytest.raises(SrlmError) as error:
+        run_validate(tmp_path, OFF, evaluation=evaluation)
+    message = str(error.value)
+    assert "validation found 1 problem(s)" in message and "questions.jsonl: question 1 needs 'turns'" in message
+    evaluation["mt_bench"] = {}
+    with pytest.raises(SrlmError, match="none.jsonl: reference file not found"):
+        run_validate(tmp_path, OFF, evaluation=evaluation)
+    evaluation["alpaca_eval"] = {}
+    with pytest.raises(SrlmError, match=r"benchmark_metric='ifeval_prompt_strict' needs ifeval in evaluation.benchmarks"):
+        run_validate(tmp_path, OFF, evaluation=evaluation)
+    for bad, says in ((["mmlu"], r"unknown benchmark\(s\) \['mmlu'\]"), ("ifeval", "expected a list")):
+        with pytest.raises(SrlmError, match=says):
+            run_validate(tmp_path, OFF, evaluation={"preset": "tiny", "benchmarks": bad})
+    with pytest.raises(SrlmError, match="benchmark_metric 'lc_win_rate' is no benchmark's"):
+        run_validate(tmp_path, OFF, evaluation={"preset": "tiny", "promotion": {"benchmark_metric": "lc_win_rate"}})
+    run_validate(tmp_path, OFF, evaluation={**evaluation, "benchmarks": ["mt_bench", "alpaca_eval", "ifeval"]})
+
+
 def test_validate_rejects_a_judge_template_that_differs_from_the_one_trained_on(tmp_path):
     rubric = tmp_path / "rubric.txt"
     rubric.write_text("Rate {instruction} answered by {response}. Score: N")
@@ -327,11 +351,18 @@ def test_gate_makes_the_first_challenger_champion(tmp_path, mlflow_store, tiny_m
     components.gate.python_func(
         evaluation={"preset": "tiny"}, model=art(dsl.Model, tiny_model), judge_model=art(dsl.Model, tiny_model),
         eft=art(dsl.Dataset, tmp_path), version=version, mlflow=settings("gate-first"), kfp_run_id="kfp-gate",
-        report=report, metrics=metrics)
+        report=report, run_report=art(dsl.HTML, tmp_path / "run_report.html"), metrics=metrics)
     aliases = {k: str(v) for k, v in tracking.mlflow_client().get_registered_model("gate-first").aliases.items()}
     assert aliases["champion"] == aliases["challenger"] == version
     assert (metrics.metadata["promoted"], metrics.metadata["compared_to_champion"]) == (1.0, 0.0)
     assert "no champion yet" in (tmp_path / "promotion.md").read_text()
+    # this KFP run logged no evaluation: the report says so for every plot, and is logged with the gate's run
+    page = (tmp_path / "run_report.html").read_text()
+    assert metrics.metadata["report_plots"] == 0.0 and "<b>promoted</b>" in page and "Not measured" in page
+    client = tracking.mlflow_client()
+    runs = client.search_runs([client.get_experiment_by_name("components-test").experiment_id],
+                              "tags.kfp_run_id = 'kfp-gate' and tags.stage = 'gate'")
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["promotion.md", "run_report.html"]
 
 
 @pytest.mark.slow
@@ -347,7 +378,7 @@ def test_gate_plays_an_earlier_champion_before_deciding(tmp_path, mlflow_store, 
     components.gate.python_func(
         evaluation=evaluation, model=art(dsl.Model, sft_model), judge_model=art(dsl.Model, sft_model),
         eft=art(dsl.Dataset, seed_dir), version=new, mlflow=settings(name), kfp_run_id="kfp-h2h",
-        report=report, metrics=metrics)
+        report=report, run_report=art(dsl.HTML, tmp_path / "run_report.html"), metrics=metrics)
     assert metrics.metadata["compared_to_champion"] == 1.0
     assert 0.0 <= metrics.metadata["adjusted_win_rate_vs_champion"] <= 1.0
     aliases = {k: str(v) for k, v in tracking.mlflow_client().get_registered_model(name).aliases.items()}

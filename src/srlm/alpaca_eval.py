@@ -33,7 +33,7 @@ from srlm.backends import answer_each
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
-from srlm.io import Record, read_jsonl, write_json, write_jsonl
+from srlm.io import Record, data_file, read_jsonl, write_json, write_jsonl
 from srlm.judge import fill_slots, load_template
 from srlm.judge_server import JudgeServerOptions, open_judge
 from srlm.length_control import preference_metrics
@@ -117,7 +117,7 @@ def load_references(path: str | Path, limit: int = 0) -> list[Record]:
     """The reference rows ``{id, instruction, output[, dataset]}``; SrlmError naming the file and row otherwise."""
     if not path:
         raise SrlmError("alpaca_eval.references is empty: give the reference outputs (JSONL of {instruction, output})")
-    path = Path(path)
+    path = data_file(path)
     if not path.is_file():
         raise SrlmError(f"{path}: reference file not found")
     if path.suffix == ".json":

@@ -8,9 +8,11 @@ and one Markdown report with each part as a section.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from srlm import benchmarks as bm
 from srlm import rm_eval, verifiers, winrate
 from srlm.io import read_jsonl, read_prompts, write_json, write_jsonl
 from srlm.metrics import RM_METRICS
@@ -45,9 +47,13 @@ def evaluate(
     report: str | Path,
     iteration: int,
     previous_chat_template: str = "",
+    benchmarks: Sequence[str] = (),
+    benchmark_configs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (M<iteration>) into ``out``; write ``report``; return the summary plus each part's metrics.
-    ``previous_chat_template``: M(t-1)'s template when it has none (M0, a base checkpoint)."""
+    ``previous_chat_template``: M(t-1)'s template when it has none (M0, a base checkpoint). ``benchmarks``
+    (``srlm.benchmarks``, configured by ``benchmark_configs``) run into ``out/<name>/``; a judged one without a
+    judge server is judged by ``judge_model``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     head_to_head = eval_prompts(prompts, eft_dir, out / "prompts.jsonl")
@@ -57,7 +63,8 @@ def evaluate(
     verified = None
     if verify.verifier:
         verified = verifiers.run_verify(verify, model, verifiers.verify_prompts_path(verify, seed_dir), out / "verify")
-    summary = summary_of(rm_metrics, win_metrics, verified)
+    benched = bm.run_benchmarks(benchmarks, benchmark_configs or {}, model, judge_model, out)
+    summary = {**summary_of(rm_metrics, win_metrics, verified), **bm.headline_metrics(benched)}
     write_json(out / "summary.json", summary)
     sections = [
         heading(1, f"Evaluation of M{iteration}"), "",
@@ -68,9 +75,11 @@ def evaluate(
     ]
     if verified is not None:
         sections += ["", verifiers.verify_report(verified, level=2)]
+    sections += [s for name in benched for s in ("", bm.BENCHMARKS[name].section(out / name, 2))]
     Path(report).parent.mkdir(parents=True, exist_ok=True)
     Path(report).write_text("\n".join(sections), encoding="utf-8")
-    parts = {"rm": rm_metrics, "winrate": win_metrics, **({"verify": verified} if verified is not None else {})}
+    parts = {"rm": rm_metrics, "winrate": win_metrics, **({"verify": verified} if verified is not None else {}),
+             **benched}
     return {**summary, **parts, "prompts_file": str(head_to_head)}
 
 
@@ -82,6 +91,8 @@ def summary_of(rm: dict[str, Any], win: dict[str, Any], verified: dict[str, Any]
     summary.update(head_to_head_metrics(win, "previous"))
     summary["mean_length"] = win["mean_length_a"]
     summary["mean_length_previous"] = win["mean_length_b"]
+    summary["mean_tokens"] = win["mean_tokens_a"]
+    summary["mean_tokens_previous"] = win["mean_tokens_b"]
     summary["answers_truncated_share"] = win["answers_a_truncated_share"]
     if verified is not None:
         summary.update(verify_summary(verified))

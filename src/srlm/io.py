@@ -156,9 +156,21 @@ def iter_located(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
         raise SrlmError(f"{path}: cannot read after line {lineno} ({type(e).__name__}: {e})") from None
 
 
+BUNDLED = "bundled:"  # a data file shipped in the package (srlm/data/<name>), e.g. the tiny benchmark sets
+
+
+def data_file(path: str | os.PathLike) -> Path:
+    """``path`` itself, or for ``bundled:<name>`` the package's own file ``srlm/data/<name>``."""
+    text = str(path)
+    if text.startswith(BUNDLED):
+        return Path(__file__).parent / "data" / text[len(BUNDLED):]
+    return Path(path)
+
+
 def iter_jsonl(path: str | os.PathLike, kind: str | None = None) -> Iterator[Record]:
-    """Yield the records of a JSONL file, validated against ``kind`` when given."""
-    if not Path(path).is_file():
+    """Yield the records of a JSONL file (``bundled:<name>``: one of the package's), validated against ``kind``."""
+    path = data_file(path)
+    if not path.is_file():
         raise SrlmError(f"{path}: no such file" + (f" (expected {kind} records in JSONL)" if kind else ""))
     for where, record in iter_located(path):
         if kind is not None:

@@ -23,7 +23,10 @@ The rule (:class:`PromotionRule`, :func:`evaluate_rule`)
        Promote when **W >= min_win_rate** (default 0.5) **and** the challenger's RM metric
        (``rm_metric``, default ``pairwise_accuracy``; higher is better) is **not lower than the
        champion's by more than rm_tolerance** (absolute, default 0.02). ``rm_metric=""`` drops
-       the RM check.
+       the RM check. With ``benchmark_metric`` set (a benchmark's summary key, e.g.
+       ``alpaca_eval_lc_win_rate``, ``mt_bench_score``, ``ifeval_prompt_strict``: ``srlm.benchmarks``;
+       higher is better) the challenger's value must also **not be lower than the champion's by more
+       than benchmark_tolerance** (absolute; negative: it must rise by at least that much).
 
     Metrics are read from the versions' tags ``metric.<key>``; the ``metrics=`` argument adds the
     challenger's fresh ones (overriding its tags) and is recorded as tags on it. A
@@ -75,6 +78,11 @@ class PromotionRule(StageConfig):
         f"reward-model metric that must not drop ({', '.join(RM_METRICS)}; '' = no RM check)",
     )
     rm_tolerance: float = setting(0.02, "largest allowed drop of rm_metric from the champion's value (absolute)")
+    benchmark_metric: str = setting(
+        "", "a benchmark metric that must not drop (e.g. alpaca_eval_lc_win_rate, mt_bench_score, "
+            "ifeval_prompt_strict; its benchmark must be in evaluation.benchmarks); '' = no benchmark check")
+    benchmark_tolerance: float = setting(
+        0.0, "largest allowed drop of benchmark_metric from the champion's value (absolute; negative = the least rise)")
     require_metrics: bool = setting(
         True, "a missing metric is an error (false: no promotion, the reason says what is missing)"
     )
@@ -84,6 +92,12 @@ class PromotionRule(StageConfig):
             raise SrlmError(f"min_win_rate must be within [0, 1] (a fraction, not a percentage), not {self.min_win_rate}")
         if self.rm_tolerance < 0:
             raise SrlmError(f"rm_tolerance must be >= 0, not {self.rm_tolerance}")
+        if self.benchmark_metric:
+            from srlm.benchmarks import BENCHMARKS, benchmark_of_metric
+
+            if benchmark_of_metric(self.benchmark_metric) is None:
+                raise SrlmError(f"benchmark_metric {self.benchmark_metric!r} is no benchmark's: it starts with one of "
+                                f"{', '.join(n + '_' for n in BENCHMARKS)} (e.g. alpaca_eval_lc_win_rate)")
 
 
 def head_to_head_metrics(winrate: Mapping[str, Any], against: str = "previous") -> dict[str, float]:
@@ -174,26 +188,24 @@ def evaluate_rule(
         checks.append(ok)
         reasons.append(f"{win_key} {value:.3f} {'>=' if ok else '<'} {rule.min_win_rate}")
 
-    if rule.rm_metric:
-        mine, theirs = challenger.get(rule.rm_metric), champion.get(rule.rm_metric)
+    for part, metric, tolerance in (("rm", rule.rm_metric, rule.rm_tolerance),
+                                    ("benchmark", rule.benchmark_metric, rule.benchmark_tolerance)):
+        if not metric:
+            continue
+        mine, theirs = challenger.get(metric), champion.get(metric)
         if mine is None:
-            missing.append(f"challenger has no {rule.rm_metric}")
+            missing.append(f"challenger has no {metric}")
         if theirs is None:
-            missing.append(f"champion has no {rule.rm_metric}")
+            missing.append(f"champion has no {metric}")
         if mine is not None and theirs is not None:
             drop = float(theirs) - float(mine)
-            ok = drop <= rule.rm_tolerance + 1e-12
-            compared["rm"] = {
-                "metric": rule.rm_metric,
-                "challenger": float(mine),
-                "champion": float(theirs),
-                "tolerance": rule.rm_tolerance,
-                "ok": ok,
-            }
+            ok = drop <= tolerance + 1e-12
+            compared[part] = {"metric": metric, "challenger": float(mine), "champion": float(theirs),
+                              "tolerance": tolerance, "ok": ok}
             checks.append(ok)
             reasons.append(
-                f"{rule.rm_metric} {float(mine):.3f} vs champion {float(theirs):.3f} "
-                f"({'within' if ok else 'drops more than'} tolerance {rule.rm_tolerance})"
+                f"{metric} {float(mine):.3f} vs champion {float(theirs):.3f} "
+                f"({'within' if ok else 'drops more than'} tolerance {tolerance})"
             )
     if missing:
         return None, "cannot evaluate the promotion rule: " + "; ".join(missing), compared, missing

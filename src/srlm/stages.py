@@ -179,10 +179,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           {"config": ("dpo", DPOConfig)},
           params=(MODEL, Param("pairs", "preference pairs JSONL"), Param("out", "directory for the trained model")),
           family="training", resources="training", cached=True, models=("model",), writes_model=True),
-    Stage("evaluate", "M(t) as a reward model, head to head against M(t-1), and checked by a verifier",
+    Stage("evaluate", "M(t) as a reward model, head to head against M(t-1), checked by a verifier, and on the "
+                      "benchmarks named in evaluation.benchmarks (AlpacaEval, MT-Bench, IFEval)",
           steps.evaluate, "evaluation",
-          {"rm": ("rm", RMEvalConfig), "winrate": ("winrate", WinRateConfig), "verify": ("verify", VerifyConfig)},
-          ("prompts",), outputs=("out", "report"), family="generation", resources="evaluation", cli=False, cached=True,
+          {"rm": ("rm", RMEvalConfig), "winrate": ("winrate", WinRateConfig), "verify": ("verify", VerifyConfig),
+           "alpaca_eval": ("alpaca_eval", AlpacaEvalConfig), "mt_bench": ("mt_bench", MTBenchConfig),
+           "ifeval": ("ifeval", IFEvalConfig)},
+          ("prompts", "benchmarks"), outputs=("out", "report"), family="generation", resources="evaluation", cli=False, cached=True,
           models=("model", "previous", "judge_model")),
     Stage("register", "register M(t) in the MLflow registry by reference (a model on the run's model volume: copied "
                       "to MLflow's artifact store) with lineage tags, key metrics, alias iter-<t>",
@@ -190,7 +193,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("gate", "promotion gate: challenger on the newest M(t); champion moves when the rule holds (may play it "
                   "against an older champion)", steps.gate, "evaluation",
           {"rule": ("promotion", PromotionRule), "winrate": ("winrate", WinRateConfig)}, ("prompts",),
-          outputs=("report",), family="generation", resources="evaluation", cli=False, models=("model", "judge_model")),
+          outputs=("report", "run_report"), family="generation", resources="evaluation", cli=False,
+          models=("model", "judge_model")),
     # CLI tools over the library (not pipeline tasks)
     Stage("eval_rm", "reward-model metrics: pairwise accuracy, 5-best, exact match, Spearman, Kendall tau",
           steps.eval_rm, "evaluation", {"config": ("rm", RMEvalConfig)},

@@ -252,26 +252,34 @@ def pairs(ctx: RunContext, *, config: Any, judgements: str, out: str) -> dict[st
 
 def evaluate(ctx: RunContext, *, rm: Any, winrate: Any, verify: Any, model: str, previous: str, judge_model: str,
              eft: str, out: str, report: str, prompts: str | None = None, seed: str | None = None,
-             previous_chat_template: str = "") -> dict[str, Any]:
-    """M(t) as a reward model (EFT eval split), head to head against M(t-1) judged by ``judge_model``, and
-    (with ``verify.verifier`` set) checked by a program (``srlm.evaluation``). Writes ``out/`` and ``report``."""
+             previous_chat_template: str = "", benchmarks: Any = None, alpaca_eval: Any = None, mt_bench: Any = None,
+             ifeval: Any = None) -> dict[str, Any]:
+    """M(t) as a reward model (EFT eval split), head to head against M(t-1) judged by ``judge_model``,
+    (with ``verify.verifier`` set) checked by a program, and on the ``benchmarks`` named (their configs by
+    name, ``srlm.benchmarks``) (``srlm.evaluation``). Writes ``out/`` and ``report``."""
     from srlm import chat_templates
+    from srlm.benchmarks import check_benchmarks
 
     if ctx.iteration is None:
         raise SrlmError("evaluate needs the iteration of the model it evaluates")
+    benchmarks = check_benchmarks(benchmarks)
+    benchmark_configs = {"alpaca_eval": alpaca_eval, "mt_bench": mt_bench, "ifeval": ifeval}
     previous_chat_template = chat_templates.resolve(previous_chat_template, None) if previous_chat_template else ""
     stats: dict[str, Any] = {}
     with timed(stats):
         stats.update(evaluation.evaluate(rm, winrate, verify, model=model, previous=previous, judge_model=judge_model,
                                          eft_dir=eft, prompts=prompts, seed_dir=seed, out=out, report=report,
-                                         iteration=ctx.iteration, previous_chat_template=previous_chat_template))
+                                         iteration=ctx.iteration, previous_chat_template=previous_chat_template,
+                                         benchmarks=benchmarks, benchmark_configs=benchmark_configs))
     params = {"rm": rm.to_dict(), "winrate": winrate.to_dict(), "path.model": model, "path.previous": previous,
-              "path.judge_model": judge_model, "path.prompts": stats.pop("prompts_file")}
+              "path.judge_model": judge_model, "path.prompts": stats.pop("prompts_file"),
+              "benchmarks": ",".join(benchmarks), **{name: benchmark_configs[name].to_dict() for name in benchmarks}}
     artifacts = {"report.md": report, "rm_metrics.json": Path(out) / "rm" / "metrics.json",
                  "winrate_metrics.json": Path(out) / "winrate" / "metrics.json", "summary.json": Path(out) / "summary.json"}
     if "verify" in stats:
         params["verify"] = verify.to_dict()
         artifacts["verify_metrics.json"] = Path(out) / "verify" / "metrics.json"
+    artifacts.update({f"{name}_metrics.json": Path(out) / name / "metrics.json" for name in benchmarks})
     finish(ctx, "evaluate", params, stats, artifacts)
     return stats
 
@@ -391,16 +399,21 @@ def promote(ctx: RunContext, *, config: Any, name: str, version: str | None = No
 
 
 def gate(ctx: RunContext, *, rule: Any, winrate: Any, version: str, model: str, judge_model: str, eft: str,
-         report: str, prompts: str | None = None, work_dir: str | None = None) -> dict[str, Any]:
+         report: str, run_report: str | None = None, prompts: str | None = None, work_dir: str | None = None
+         ) -> dict[str, Any]:
     """The pipeline's promotion gate: ``challenger`` on the newest M(t); ``champion`` moves when the rule holds.
 
     When the current champion is neither the challenger nor its parent (a champion from an earlier
     pipeline run), the challenger first plays a head-to-head against it (judged by ``judge_model``)
-    so the rule compares like with like. Writes a Markdown ``report`` of the decision and ends the
-    pipeline's MLflow parent run.
+    so the rule compares like with like. Writes a Markdown ``report`` of the decision and the run's HTML
+    report (``run_report``: every M(t)'s numbers as plots, ``srlm.run_report``), and ends the pipeline's
+    MLflow parent run.
     """
     if not ctx.tracking:
-        Path(report).write_text("# Promotion\n\nMLflow is disabled: nothing registered, nothing promoted.\n", encoding="utf-8")
+        off = "MLflow is disabled: nothing registered, nothing promoted, no numbers to report."
+        Path(report).write_text(f"# Promotion\n\n{off}\n", encoding="utf-8")
+        if run_report:
+            Path(run_report).write_text(f"<!DOCTYPE html>\n<html><body><p>{off}</p></body></html>\n", encoding="utf-8")
         return {"promoted": 0.0, "skipped": 1.0}
     from srlm import model_registry, tracking
     from srlm.promotion import CHAMPION, promotion_report
@@ -416,9 +429,16 @@ def gate(ctx: RunContext, *, rule: Any, winrate: Any, version: str, model: str, 
     Path(report).parent.mkdir(parents=True, exist_ok=True)
     Path(report).write_text(promotion_report(decision, fresh), encoding="utf-8")
     stats.update({"promoted": float(bool(decision["promoted"])), "compared_to_champion": float(bool(fresh)), **fresh})
+    artifacts: dict[str, Any] = {"promotion.md": report}
+    if run_report:
+        from srlm import run_report as rr
+
+        stats.update(rr.write(run_report, ctx.experiment, ctx.kfp_run_id, decision=decision,
+                              title=f"Self-rewarding run {ctx.kfp_run_id}: {name}"))
+        artifacts["run_report.html"] = run_report
     params = {"rule": rule.to_dict(), "challenger": decision["challenger"], "reason": decision["reason"],
               "champion_before": decision["champion_before"] or "", "champion_after": decision["champion_after"] or ""}
-    finish(ctx.at(None), "gate", params, stats, {"promotion.md": report})
+    finish(ctx.at(None), "gate", params, stats, artifacts)
     tracking.end_pipeline_run(ctx.experiment, ctx.kfp_run_id)
     return stats
 

@@ -264,6 +264,31 @@ def _find_pipeline_runs(client, experiment_id: str, kfp_run_id: str) -> list:
     return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
+def stage_runs(experiment: str, kfp_run_id: str, stage: str) -> dict[int, Any]:
+    """The finished child runs of ``stage`` in KFP run ``kfp_run_id``, by iteration (a retried task: its newest)."""
+    client = mlflow_client()
+    experiment_id = ensure_experiment(experiment)
+    with mlflow_errors(f"{stage} runs of KFP run {kfp_run_id}"):
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=(f"tags.kfp_run_id = '{_quote(kfp_run_id)}' and tags.stage = '{_quote(stage)}' "
+                           f"and tags.`{KIND_TAG}` = '{STAGE_KIND}' and attributes.status = 'FINISHED'"),
+            max_results=1000,
+        )
+    by_iteration: dict[int, Any] = {}
+    for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
+        if run.data.tags.get("iteration", "").isdigit():
+            by_iteration[int(run.data.tags["iteration"])] = run
+    return by_iteration
+
+
+def pipeline_params(experiment: str, kfp_run_id: str) -> dict[str, str]:
+    """The parent run's params (the run's settings groups, flattened, as the validate step logged them)."""
+    client = mlflow_client()
+    with mlflow_errors(f"parent run of KFP run {kfp_run_id}"):
+        return dict(client.get_run(pipeline_run(experiment, kfp_run_id)).data.params)
+
+
 def _quote(value: str) -> str:
     if "'" in value:
         raise SrlmError(f"{value!r}: quotes are not allowed in a KFP run id")

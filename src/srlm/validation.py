@@ -80,6 +80,8 @@ def validate(groups: Mapping[str, Any], kfp_run_id: str = "", *, base_model_kind
         from srlm.io import read_prompts
 
         check(read_prompts, evaluation["prompts"])
+    if isinstance(evaluation, Mapping):
+        check(_check_benchmarks, evaluation.get("benchmarks"), configs)
     check(_check_templates, configs)
     if iterations < 1:
         problems.append(f"iterations must be >= 1 (compile-time setting), got {iterations}")
@@ -209,6 +211,22 @@ def _check_templates(configs: Mapping[str, Any]) -> None:
         raise SrlmError(f"the judge template differs between stages ({shown}); the model judges with the rubric it was trained on: use one")
 
 
+def _check_benchmarks(names: Any, configs: Mapping[str, Any]) -> None:
+    """Each benchmark named in evaluation.benchmarks reads its files now (not after training); a promotion
+    rule's benchmark_metric names one of them."""
+    from srlm.benchmarks import benchmark_of_metric, check_benchmarks, check_files
+
+    names = check_benchmarks(names)
+    for name in names:
+        if configs.get(f"evaluation.{name}") is not None:
+            check_files(name, configs[f"evaluation.{name}"])
+    rule = configs.get("evaluation.promotion")
+    needed = benchmark_of_metric(rule.benchmark_metric) if rule is not None and rule.benchmark_metric else None
+    if needed and needed not in names:
+        raise SrlmError(f"evaluation.promotion.benchmark_metric={rule.benchmark_metric!r} needs {needed} in "
+                        f"evaluation.benchmarks (now {names})")
+
+
 def _check_mlflow_store(settings: Mapping[str, Any], kfp_run_id: str, groups: Mapping[str, Any]) -> bool:
     from srlm import tracking
 
@@ -225,12 +243,13 @@ def _check_rule_against_champion(name: str, rule: Any) -> None:
     from srlm.promotion import CHAMPION, METRIC_TAG_PREFIX
 
     champion = get_version(name, alias=CHAMPION)
-    if champion is None or not rule.rm_metric or not rule.require_metrics:
+    if champion is None or not rule.require_metrics:
         return
-    key = f"{METRIC_TAG_PREFIX}{rule.rm_metric}"
-    if key not in champion["tags"]:
-        raise SrlmError(
-            f"promotion rule cannot be evaluated: champion {name} version {champion['version']} has no {key} tag "
-            f"(rm_metric={rule.rm_metric!r}); set evaluation.promotion.rm_metric to one it has, '' to skip the RM check, "
-            "or require_metrics=false"
-        )
+    for setting, metric in (("rm_metric", rule.rm_metric), ("benchmark_metric", rule.benchmark_metric)):
+        key = f"{METRIC_TAG_PREFIX}{metric}"
+        if metric and key not in champion["tags"]:
+            raise SrlmError(
+                f"promotion rule cannot be evaluated: champion {name} version {champion['version']} has no {key} tag "
+                f"({setting}={metric!r}); set evaluation.promotion.{setting} to one it has, '' to skip the check, "
+                "or require_metrics=false"
+            )
