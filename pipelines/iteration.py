@@ -52,7 +52,7 @@ def make_iteration(settings: PipelineSettings):
         configure(trained, "dpo", settings, "DPO")
         new_model = trained.outputs["trained_model"]
         evaluated = c.evaluate(evaluation=evaluation, model=new_model, previous=model, judge_model=judge_model,
-                               eft=eft, seed=seed, **models, **run)
+                               eft=eft, seed=seed, judgements=judgements, **models, **run)
         configure(evaluated, "evaluate", settings, "Evaluate")
         registered = c.register(model=new_model, evaluation=evaluated.outputs["details"],
                                 parent_version=parent_version, **models, **run)

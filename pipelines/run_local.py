@@ -237,6 +237,8 @@ def collect(
             first = report.read_text(encoding="utf-8").splitlines()[0]
             match = re.search(r"Evaluation of (M\d+)", first)
             reports[match.group(1) if match else "promotion"] = str(report)
+        if (task / "run_report").is_file():  # the gate's HTML page: every M(t)'s numbers as plots
+            reports["run report"] = str(task / "run_report")
     return {
         "run_dir": str(run_dir),
         "kfp_run_id": kfp_run_id,

@@ -415,9 +415,11 @@ def check_three_registered_models(summary):
         assert 0.0 <= m["rm_pairwise_accuracy"] <= 1.0 and 0.0 <= m["adjusted_win_rate_vs_previous"] <= 1.0
     assert all(m["pairs"] and m["pairs"] > 0 for m in models[1:])
     assert summary["champion"] == summary["challenger"] == models[-1]["version"]  # fresh store: first challenger wins
-    for name in ("M1", "M2", "M3", "promotion"):
+    for name in ("M1", "M2", "M3", "promotion", "run report"):
         assert Path(summary["reports"][name]).is_file()
     assert Path(summary["reports"]["M3"]).read_text().startswith("# Evaluation of M3")
+    page = Path(summary["reports"]["run report"]).read_text()
+    assert "Models: M1, M2, M3." in page and page.count('<img class="plot"') >= 5  # RM, lengths, IFEval, ...
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": summary["mlflow"]["tracking_uri"]}
     check = subprocess.run([sys.executable, "-c", MLFLOW_CHECK, summary["mlflow"]["experiment"],
@@ -426,12 +428,19 @@ def check_three_registered_models(summary):
     found = json.loads(check.stdout.strip().splitlines()[-1])
     for t in ("1", "2", "3"):
         assert {"evaluate", "register"} <= set(found["stages"][t]), t
-        assert found["metrics"][t]["pairwise_accuracy"] is not None
+        evaluated = found["metrics"][t]
+        assert evaluated["pairwise_accuracy"] is not None and evaluated["mean_tokens"] > 0
+        # every benchmark on its bundled set; the judge's drift from the second model on (4 prompts judged again)
+        assert (evaluated["alpaca_eval.instructions"], evaluated["mt_bench.judgements"]) == (8, 12), t
+        assert 0 <= evaluated["ifeval_prompt_strict"] <= 1
+        assert evaluated["judge_agreement.rejudged_prompts"] == (None if t == "1" else 4), t
     assert {"prompts", "sample", "judge", "pairs", "dpo"} <= set(found["stages"]["2"]) & set(found["stages"]["3"])
     assert found["parent_status"] == "FINISHED"
     assert len(found["versions"]) == 3
     for version in found["versions"]:
         assert version["tags"]["lineage.iteration"] == version["tags"]["iteration"]
+        assert {"metric.ifeval_prompt_strict", "metric.alpaca_eval_judge_failure_rate",
+                "metric.mt_bench_parse_failure_rate"} <= set(version["tags"])  # the rule can use them
         assert any(k.startswith("data_digest.") for k in version["tags"])
     return found
 
@@ -556,7 +565,9 @@ for r in runs:
     elif "iteration" in t:
         stages.setdefault(t["iteration"], []).append(t["stage"])
         if t["stage"] == "evaluate":
-            metrics[t["iteration"]] = {"pairwise_accuracy": r.data.metrics.get("pairwise_accuracy")}
+            metrics[t["iteration"]] = {k: r.data.metrics.get(k) for k in (
+                "pairwise_accuracy", "ifeval_prompt_strict", "alpaca_eval.instructions", "mt_bench.judgements",
+                "judge_agreement.rejudged_prompts", "mean_tokens")}
 versions = [{"version": v.version, "source": v.source, "tags": dict(v.tags)}
             for v in client.search_model_versions(f"name = '{sys.argv[2]}'")]
 print(json.dumps({"stages": stages, "metrics": metrics, "parent_status": parent, "versions": versions}))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from srlm import benchmarks as bm
-from srlm import rm_eval, verifiers, winrate
+from srlm import judge_agreement, rm_eval, verifiers, winrate
 from srlm.io import read_jsonl, read_prompts, write_json, write_jsonl
 from srlm.metrics import RM_METRICS
 from srlm.promotion import head_to_head_metrics
@@ -49,11 +49,14 @@ def evaluate(
     previous_chat_template: str = "",
     benchmarks: Sequence[str] = (),
     benchmark_configs: Mapping[str, Any] | None = None,
+    agreement: judge_agreement.JudgeAgreementConfig | None = None,
+    judgements: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (M<iteration>) into ``out``; write ``report``; return the summary plus each part's metrics.
     ``previous_chat_template``: M(t-1)'s template when it has none (M0, a base checkpoint). ``benchmarks``
     (``srlm.benchmarks``, configured by ``benchmark_configs``) run into ``out/<name>/``; a judged one without a
-    judge server is judged by ``judge_model``."""
+    judge server is judged by ``judge_model``. ``agreement``: the judge's drift against M(t-1)'s ``judgements`` of
+    this round and its agreement with a judge server (``srlm.judge_agreement``) into ``out/judge_agreement/``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     head_to_head = eval_prompts(prompts, eft_dir, out / "prompts.jsonl")
@@ -63,8 +66,12 @@ def evaluate(
     verified = None
     if verify.verifier:
         verified = verifiers.run_verify(verify, model, verifiers.verify_prompts_path(verify, seed_dir), out / "verify")
+    agreed = judge_agreement.run(agreement or judge_agreement.JudgeAgreementConfig(max_prompts=0), rm, model,
+                                 out / "judge_agreement", judgements=judgements,
+                                 rm_judgements=out / "rm" / "judgements.jsonl")
     benched = bm.run_benchmarks(benchmarks, benchmark_configs or {}, model, judge_model, out)
-    summary = {**summary_of(rm_metrics, win_metrics, verified), **bm.headline_metrics(benched)}
+    summary = {**summary_of(rm_metrics, win_metrics, verified), **bm.headline_metrics(benched),
+               **{k: agreed[k] for k in judge_agreement.SUMMARY if agreed.get(k) is not None}}
     write_json(out / "summary.json", summary)
     sections = [
         heading(1, f"Evaluation of M{iteration}"), "",
@@ -75,11 +82,13 @@ def evaluate(
     ]
     if verified is not None:
         sections += ["", verifiers.verify_report(verified, level=2)]
+    if agreed:
+        sections += ["", judge_agreement.report(agreed, level=2)]
     sections += [s for name in benched for s in ("", bm.BENCHMARKS[name].section(out / name, 2))]
     Path(report).parent.mkdir(parents=True, exist_ok=True)
     Path(report).write_text("\n".join(sections), encoding="utf-8")
     parts = {"rm": rm_metrics, "winrate": win_metrics, **({"verify": verified} if verified is not None else {}),
-             **benched}
+             **benched, **({"judge_agreement": agreed} if agreed else {})}
     return {**summary, **parts, "prompts_file": str(head_to_head)}
 
 

@@ -104,7 +104,7 @@ def _figure(draw: Any) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
     try:
         draw(ax)
         ax.grid(alpha=0.3)
@@ -139,10 +139,11 @@ def plot_family(family: Family, table: Table) -> str | None:
             else:
                 ax.plot(xs, ys, marker="o", label=label)
         ax.set_xticks(models, [f"M{t}" for t in models])
-        if family.unit_range:
-            ax.set_ylim(-0.02, 1.02)
+        if family.unit_range:  # fractions in [0, 1]; correlations may go down to -1
+            lowest = min(table[t][key] for key, _ in series for t in models if _finite(table[t].get(key)))
+            ax.set_ylim(-1.02 if lowest < 0 else -0.02, 1.02)
         ax.set_title(family.title)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
     return _figure(draw)
 
@@ -164,7 +165,7 @@ def plot_mt_bench_categories(table: Table) -> str | None:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))], categories)
         ax.set_ylim(0, 10)
         ax.set_title("MT-Bench per category (1-10)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
     return _figure(draw)
 

@@ -34,6 +34,7 @@ from srlm.groups import stage_config
 from srlm.ifeval import IFEvalConfig
 from srlm.io import check_output_free
 from srlm.judge import JudgeConfig
+from srlm.judge_agreement import JudgeAgreementConfig
 from srlm.mt_bench import MTBenchConfig
 from srlm.pairs import PairsConfig
 from srlm.promotion import PromotionRule
@@ -184,7 +185,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           steps.evaluate, "evaluation",
           {"rm": ("rm", RMEvalConfig), "winrate": ("winrate", WinRateConfig), "verify": ("verify", VerifyConfig),
            "alpaca_eval": ("alpaca_eval", AlpacaEvalConfig), "mt_bench": ("mt_bench", MTBenchConfig),
-           "ifeval": ("ifeval", IFEvalConfig)},
+           "ifeval": ("ifeval", IFEvalConfig), "agreement": ("judge_agreement", JudgeAgreementConfig)},
           ("prompts", "benchmarks"), outputs=("out", "report"), family="generation", resources="evaluation", cli=False, cached=True,
           models=("model", "previous", "judge_model")),
     Stage("register", "register M(t) in the MLflow registry by reference (a model on the run's model volume: copied "

@@ -253,10 +253,12 @@ def pairs(ctx: RunContext, *, config: Any, judgements: str, out: str) -> dict[st
 def evaluate(ctx: RunContext, *, rm: Any, winrate: Any, verify: Any, model: str, previous: str, judge_model: str,
              eft: str, out: str, report: str, prompts: str | None = None, seed: str | None = None,
              previous_chat_template: str = "", benchmarks: Any = None, alpaca_eval: Any = None, mt_bench: Any = None,
-             ifeval: Any = None) -> dict[str, Any]:
+             ifeval: Any = None, agreement: Any = None, judgements: str | None = None) -> dict[str, Any]:
     """M(t) as a reward model (EFT eval split), head to head against M(t-1) judged by ``judge_model``,
     (with ``verify.verifier`` set) checked by a program, and on the ``benchmarks`` named (their configs by
-    name, ``srlm.benchmarks``) (``srlm.evaluation``). Writes ``out/`` and ``report``."""
+    name, ``srlm.benchmarks``), and the judge's drift against M(t-1)'s ``judgements`` of this round and agreement
+    with a judge server (``agreement``, ``srlm.judge_agreement``) (``srlm.evaluation``). Writes ``out/`` and
+    ``report``."""
     from srlm import chat_templates
     from srlm.benchmarks import check_benchmarks
 
@@ -270,16 +272,19 @@ def evaluate(ctx: RunContext, *, rm: Any, winrate: Any, verify: Any, model: str,
         stats.update(evaluation.evaluate(rm, winrate, verify, model=model, previous=previous, judge_model=judge_model,
                                          eft_dir=eft, prompts=prompts, seed_dir=seed, out=out, report=report,
                                          iteration=ctx.iteration, previous_chat_template=previous_chat_template,
-                                         benchmarks=benchmarks, benchmark_configs=benchmark_configs))
+                                         benchmarks=benchmarks, benchmark_configs=benchmark_configs,
+                                         agreement=agreement, judgements=judgements))
     params = {"rm": rm.to_dict(), "winrate": winrate.to_dict(), "path.model": model, "path.previous": previous,
               "path.judge_model": judge_model, "path.prompts": stats.pop("prompts_file"),
-              "benchmarks": ",".join(benchmarks), **{name: benchmark_configs[name].to_dict() for name in benchmarks}}
+              "benchmarks": ",".join(benchmarks), **{name: benchmark_configs[name].to_dict() for name in benchmarks},
+              **({"judge_agreement": agreement.to_dict(), "path.judgements": judgements} if agreement else {})}
     artifacts = {"report.md": report, "rm_metrics.json": Path(out) / "rm" / "metrics.json",
                  "winrate_metrics.json": Path(out) / "winrate" / "metrics.json", "summary.json": Path(out) / "summary.json"}
     if "verify" in stats:
         params["verify"] = verify.to_dict()
         artifacts["verify_metrics.json"] = Path(out) / "verify" / "metrics.json"
-    artifacts.update({f"{name}_metrics.json": Path(out) / name / "metrics.json" for name in benchmarks})
+    artifacts.update({f"{name}_metrics.json": Path(out) / name / "metrics.json"
+                      for name in (*benchmarks, "judge_agreement")})
     finish(ctx, "evaluate", params, stats, artifacts)
     return stats
 
