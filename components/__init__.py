@@ -9,10 +9,10 @@ from components.data import build_eft, seed, tiny_model
 from components.evaluation import evaluate
 from components.generation import judge, merge, pairs, prompts, sample
 from components.images import image, images_spec
-from components.registry import gate, register, validate
+from components.registry import finalize, gate, register, validate
 from components.training import dpo, sft
 
 __all__ = [
-    "build_eft", "dpo", "evaluate", "gate", "image", "images_spec", "judge", "merge", "pairs", "prompts", "register",
+    "build_eft", "dpo", "evaluate", "finalize", "gate", "image", "images_spec", "judge", "merge", "pairs", "prompts", "register",
     "sample", "seed", "sft", "tiny_model", "validate",
 ]

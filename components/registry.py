@@ -54,3 +54,13 @@ def gate(
     stages.run_task("gate", metrics, evaluation, mlflow, kfp_run_id, version=version, model=model.path,
                     judge_model=judge_model.path, eft=eft.path, report=report.path, run_report=run_report.path,
                     model_volume=model_volume)
+
+
+@dsl.component(base_image=image("finalize"), install_kfp_package=False)
+def finalize(mlflow: dict, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
+    """The run's exit handler: when the run failed, its MLflow parent run ends FAILED naming the failed stage and
+    the model versions it registered are tagged so (never promoted)."""
+    from srlm import stages
+
+    stages.run_task("finalize", None, None, mlflow, kfp_run_id,
+                    status={"state": status.state, "error_message": status.error_message})

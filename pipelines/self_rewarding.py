@@ -5,6 +5,8 @@
                 -> evaluate M1 -> register M1)
              -> Iteration 2 -> Iteration 3 -> ... (pipelines/iteration.py, one sub-DAG per DPO round)
              -> promotion gate
+    all inside the run's exit handler: "Close the run" (finalize) runs however the body ends, and closes
+    a failed run (MLflow parent run FAILED, naming the failed stage; its model versions tagged as failed)
 
 The validation step comes first and everything else depends on it, so bad settings, unreadable
 data, an unreachable MLflow or a promotion rule that cannot be evaluated fail before any GPU
@@ -14,6 +16,7 @@ tolerations and the MLflow URI are compile-time settings (``pipelines/settings.p
 """
 
 import copy
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl import Model
@@ -68,40 +71,50 @@ def make_pipeline(settings: PipelineSettings = CLUSTER):
                 is a compile-time setting (MLFLOW_TRACKING_URI on every task).
         """
         run = {"mlflow": mlflow, "kfp_run_id": run_id(settings)}
-        volume = settings.model_volume()  # where models are stored ("" = in their artifacts)
-        checked = c.validate(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
-                             evaluation=evaluation, base_model_kind=settings.base_model, eft_build=settings.eft_build,
-                             iterations=settings.iterations, hardware=settings.hardware(), **run)
-        configure(checked, "validate", settings, "Validate inputs and settings")
-
-        if settings.base_model == "tiny":
-            base_task = c.tiny_model(base_model=base_model, model_volume=volume, **run).after(checked)
-            configure(base_task, "tiny_model", settings, "M0: build the tiny model")
-            base = base_task.outputs["model"]
-        else:
-            base_task = dsl.importer(artifact_uri=checked.outputs["base_model_uri"], artifact_class=Model, reimport=False,
-                                     download_to_workspace=settings.model_storage == "workspace")
-            base_task.set_display_name("M0: import the base model")
-            base = base_task.output
-
-        seeded = seed_pipeline(base_model=base, data=data, training=training, evaluation=evaluation, mlflow=mlflow,
-                               chat_template=checked.outputs["chat_template"], model_volume=volume)
-        seeded.set_display_name("Seed: M1").after(checked)
-        m1, seed, eft = seeded.outputs["model"], seeded.outputs["seed"], seeded.outputs["eft"]
-
-        model, version = m1, seeded.outputs["version"]
-        for t in range(2, settings.iterations + 1):
-            step = iteration_pipeline(model=model, judge_model=m1, seed=seed, eft=eft, sampling=sampling,
-                                      judging=judging, training=training, evaluation=evaluation, mlflow=mlflow,
-                                      iteration=t, parent_version=version, model_volume=volume)
-            step.set_display_name(f"Iteration {t}")
-            model, version = step.outputs["model"], step.outputs["version"]
-
-        gate = c.gate(evaluation=evaluation, model=model, judge_model=m1, eft=eft, version=version, model_volume=volume,
-                      **run)
-        configure(gate, "gate", settings, "Promotion gate")
+        closing = c.finalize(**run)  # runs however the body ends: a failed run is closed and its versions tagged
+        configure(closing, "finalize", settings, "Close the run")
+        with dsl.ExitHandler(closing, name="Self-rewarding run"):
+            body(settings, seed_pipeline, iteration_pipeline, run, base_model, data, sampling, judging, training,
+                 evaluation, mlflow)
 
     return self_rewarding
+
+
+def body(settings: PipelineSettings, seed_pipeline: Any, iteration_pipeline: Any, run: dict, base_model: Any,
+         data: Any, sampling: Any, judging: Any, training: Any, evaluation: Any, mlflow: Any) -> None:
+    """validate -> M0 -> Seed: M1 -> Iteration 2..T -> gate (inside the run's exit handler)."""
+    volume = settings.model_volume()  # where models are stored ("" = in their artifacts)
+    checked = c.validate(base_model=base_model, data=data, sampling=sampling, judging=judging, training=training,
+                         evaluation=evaluation, base_model_kind=settings.base_model, eft_build=settings.eft_build,
+                         iterations=settings.iterations, hardware=settings.hardware(), **run)
+    configure(checked, "validate", settings, "Validate inputs and settings")
+
+    if settings.base_model == "tiny":
+        base_task = c.tiny_model(base_model=base_model, model_volume=volume, **run).after(checked)
+        configure(base_task, "tiny_model", settings, "M0: build the tiny model")
+        base = base_task.outputs["model"]
+    else:
+        base_task = dsl.importer(artifact_uri=checked.outputs["base_model_uri"], artifact_class=Model, reimport=False,
+                                 download_to_workspace=settings.model_storage == "workspace")
+        base_task.set_display_name("M0: import the base model")
+        base = base_task.output
+
+    seeded = seed_pipeline(base_model=base, data=data, training=training, evaluation=evaluation, mlflow=mlflow,
+                           chat_template=checked.outputs["chat_template"], model_volume=volume)
+    seeded.set_display_name("Seed: M1").after(checked)
+    m1, seed, eft = seeded.outputs["model"], seeded.outputs["seed"], seeded.outputs["eft"]
+
+    model, version = m1, seeded.outputs["version"]
+    for t in range(2, settings.iterations + 1):
+        step = iteration_pipeline(model=model, judge_model=m1, seed=seed, eft=eft, sampling=sampling,
+                                  judging=judging, training=training, evaluation=evaluation, mlflow=mlflow,
+                                  iteration=t, parent_version=version, model_volume=volume)
+        step.set_display_name(f"Iteration {t}")
+        model, version = step.outputs["model"], step.outputs["version"]
+
+    gate = c.gate(evaluation=evaluation, model=model, judge_model=m1, eft=eft, version=version, model_volume=volume,
+                  **run)
+    configure(gate, "gate", settings, "Promotion gate")
 
 
 self_rewarding = make_pipeline(CLUSTER)

@@ -179,7 +179,8 @@ def test_settings_groups_build_configs_from_preset_shared_keys_and_their_own_dic
     with pytest.raises(SrlmError, match=r"training.sft: .*unknown setting"):
         stages.group_config("training", {"sft": {"lr": 1}}, "sft")
     evaluate = stages.STAGES["evaluate"].configure({"preset": "tiny", "prompts": "p.jsonl"})
-    assert set(evaluate) == {"rm", "winrate", "verify", "prompts"} and evaluate["winrate"].method == "rubric"
+    assert set(evaluate) == {"rm", "winrate", "verify", "alpaca_eval", "mt_bench", "ifeval", "agreement",
+                             "prompts"} and evaluate["winrate"].method == "rubric"
 
 
 def test_to_kfp_logs_only_finite_numbers():

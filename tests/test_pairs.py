@@ -44,3 +44,11 @@ def test_run_writes_valid_pairs(tmp_path):
     stats = pairs.run(pairs.PairsConfig(), src, tmp_path / "p.jsonl")
     assert stats["pairs"] == 1
     assert read_jsonl(tmp_path / "p.jsonl", "pair")[0]["chosen_score"] == 5.0
+
+
+def test_a_reply_sampled_twice_and_judged_apart_gives_no_pair():
+    """The same text as best and worst is no preference (DPO's loss on it is log 2 with a zero gradient)."""
+    twice = judged("a", [5.0, 1.0, 3.0])
+    twice["replies"][1]["text"] = twice["replies"][0]["text"]
+    out, stats = pairs.build_pairs([twice, judged("b", [1.0, 4.0])], pairs.PairsConfig())
+    assert [p["id"] for p in out] == ["b"] and stats["same_text_dropped"] == 1 and stats["ties_or_unpaired"] == 0

@@ -61,8 +61,15 @@ def sub_dags(spec, prefix=""):
             if "dag" in spec["components"][t["componentRef"]["name"]] and t["taskInfo"]["name"].startswith(prefix)}
 
 
+def body_dag(spec):
+    """The run's body: the DAG inside the root's exit handler."""
+    handler = next(t for t in spec["root"]["dag"]["tasks"].values() if t["taskInfo"]["name"] == "Self-rewarding run")
+    return spec["components"][handler["componentRef"]["name"]]["dag"]
+
+
 def tasks_of(spec, component=None):
-    dag = spec["root"]["dag"] if component is None else spec["components"][component]["dag"]
+    """The tasks of ``component``'s DAG (default: the run's body)."""
+    dag = body_dag(spec) if component is None else spec["components"][component]["dag"]
     return dag["tasks"]
 
 
@@ -129,6 +136,19 @@ def test_parameters_are_the_settings_groups(cluster, tiny):
         assert {p["parameterType"] for p in params.values()} == {"STRUCT"}
         assert all(len(p.get("description", "")) > 40 for p in params.values())  # the Args: docs the KFP UI shows
         assert params["training"]["defaultValue"] == {"preset": preset}
+
+
+def test_the_run_is_closed_by_an_exit_handler_however_it_ends(cluster, tiny):
+    """The root holds the body in an exit handler and "Close the run", which runs after it whatever its state and
+    gets its final status."""
+    for spec, _ in (cluster, tiny):
+        root = spec["root"]["dag"]["tasks"]
+        assert sorted(t["taskInfo"]["name"] for t in root.values()) == ["Close the run", "Self-rewarding run"]
+        closing = root["finalize"]
+        handler = next(n for n, t in root.items() if t["taskInfo"]["name"] == "Self-rewarding run")
+        assert closing["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+        assert closing["dependentTasks"] == [handler]
+        assert closing["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": handler}}
 
 
 def test_validation_comes_first_and_everything_depends_on_it(cluster, tiny):
@@ -313,7 +333,7 @@ def test_caching_only_for_deterministic_tasks(cluster, tiny):
             assert cached == TASKS[stage_of(task)].cached, (dag, name)
     # deterministic given their inputs and seeds (training included: a rerun must not redo hours of GPU work);
     # not the tasks with side effects on MLflow's registry or that check the world as it is now
-    assert {name for name, stage in TASKS.items() if not stage.cached} == {"validate", "register", "gate"}
+    assert {name for name, stage in TASKS.items() if not stage.cached} == {"validate", "register", "gate", "finalize"}
 
 
 def test_cluster_tasks_read_the_run_id_from_their_pod_so_the_cache_can_hit_across_runs(cluster, tiny):
@@ -641,3 +661,46 @@ def test_training_tasks_mount_the_shared_models_volume_for_trainjobs(tmp_path):
         assert {"name": "SRLM_IMAGE", "value": image(stage)} in ex["container"]["env"], name
         if TASKS[stage].resources == "training":
             assert "accelerator" not in ex["container"].get("resources", {}), name  # the nodes hold the GPUs
+
+
+FAILED_RUN_CHECK = """
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient()
+experiment = client.get_experiment_by_name(sys.argv[1])
+parent = client.search_runs([experiment.experiment_id], "tags.`srlm.kind` = 'pipeline'")[0]
+versions = [{"version": v.version, "tags": dict(v.tags)} for v in client.search_model_versions(f"name = '{sys.argv[2]}'")]
+aliases = dict(client.get_registered_model(sys.argv[2]).aliases)
+print(json.dumps({"status": parent.info.status, "tags": parent.data.tags, "versions": versions,
+                  "aliases": {k: str(v) for k, v in aliases.items()}}))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_in_iteration_2_is_closed_and_its_model_never_promoted(tmp_path):
+    """The exit handler through kfp.local: a seed SFT of 10 steps makes an M1 that never writes a judge score, so the
+    self-judging of iteration 2 fails, after M1 was registered. The MLflow parent run ends FAILED naming the stage and
+    its error, M1's version is tagged as from a failed run, no champion is set, `srlm promote` refuses it, and the
+    task's log has the one-line error, no traceback."""
+    run_dir = tmp_path / "failed"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.run_local", "--run-dir", str(run_dir),
+         "--set", 'training={"sft": {"max_steps": 10}}',
+         "--set", 'evaluation={"benchmarks": [], "rm": {"max_items": 2}, "winrate": {"max_prompts": 2}}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 1 and "The pipeline failed" in result.stderr, result.stdout[-2000:] + result.stderr[-3000:]
+    log = (run_dir / "pipeline.log").read_text()
+    assert "srlm judge: " in log and "the judge produced no valid score" in log and "Traceback" not in log
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{run_dir / 'mlflow.db'}"}
+    check = subprocess.run([sys.executable, "-c", FAILED_RUN_CHECK, "srlm-demo", "srlm-tiny"], cwd=ROOT,
+                           capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stderr[-3000:]
+    found = json.loads(check.stdout.strip().splitlines()[-1])
+    assert found["status"] == "FAILED" and found["tags"]["srlm.failed_stage"] == "judge (iteration 2)"
+    assert "no valid score" in found["tags"]["srlm.error"] and found["tags"]["srlm.final_state"] == "FAILED"
+    assert [v["tags"]["iteration"] for v in found["versions"]] == ["1"]
+    assert found["versions"][0]["tags"]["srlm.run_status"] == "FAILED"
+    assert "champion" not in found["aliases"] and found["aliases"]["iter-1"] == found["versions"][0]["version"]
+    refused = subprocess.run([sys.executable, "-m", "srlm.cli", "promote", "--name", "srlm-tiny"], cwd=ROOT,
+                             capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "1 from failed runs" in refused.stderr, refused.stderr[-2000:]

@@ -428,3 +428,19 @@ def test_server_registration_and_promotion(server, tmp_path):
     assert aliases["champion"] == "3" and aliases["challenger"] == "3"
     assert {aliases[f"iter-{t}"] for t in (1, 2, 3, 4)} == {"1", "2", "3", "4"}
     assert client.get_model_version_by_alias(name, "champion").version == "3"
+
+
+def test_a_failed_runs_versions_are_tagged_never_promoted_and_a_rerun_registers_once(sqlite, tmp_path):
+    name = "srlm-failed-run"
+    m1, m1_bad, m1_again = (_fake_model(tmp_path, n, sqlite["data"]) for n in ("m1", "m1-bad", "m1-rerun"))
+    v1 = model_registry.register_model(name, str(m1), 1, tags={"kfp_run_id": "kfp-good"})
+    failed = model_registry.register_model(name, str(m1_bad), 1, tags={"kfp_run_id": "kfp-bad"})
+    # the same KFP run retried: its M1 is made again (another directory) but registered once
+    assert model_registry.register_model(name, str(m1_again), 1, tags={"kfp_run_id": "kfp-bad"}) == failed != v1
+    assert model_registry.mark_run_failed(name, "kfp-bad") == [failed]
+    assert model_registry.get_version(name, failed)["tags"]["srlm.run_status"] == "FAILED"
+    decision = model_registry.promote(name)  # the newest version that did not come from a failed run
+    assert decision["challenger"] == v1 and decision["champion_after"] == v1
+    with pytest.raises(SrlmError, match=rf"version {failed} was registered by a pipeline run that failed .*kfp-bad"):
+        model_registry.promote(name, failed)
+    assert _aliases(name)["champion"] == v1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -64,6 +65,7 @@ class StageConfig:
         hints = typing.get_type_hints(cls)
         coerced = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in values.items()}
         config = cls(**coerced)
+        check_ranges(config, where)
         config.validate()
         return config
 
@@ -94,6 +96,35 @@ def _read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
     return data
 
 
+def _in_range(name: str) -> tuple[float, float, bool] | None:
+    """(low, high, low is allowed) for a setting whose name says what it is; None: no range by name."""
+    if name == "temperature" or name.endswith("_temperature"):
+        return 0.0, math.inf, True  # 0 = greedy
+    if name == "top_p" or name.endswith("_top_p"):
+        return 0.0, 1.0, False
+    if name.endswith(("_fraction", "_utilization", "_share")):
+        return 0.0, 1.0, True
+    return None
+
+
+def check_ranges(config: Any, where: str = "config") -> None:
+    """Every number is finite; temperatures >= 0; top-p in (0, 1]; fractions and shares in [0, 1]."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not isinstance(value, float) or isinstance(value, bool):
+            continue
+        if not math.isfinite(value):
+            raise SrlmError(f"{where}: {f.name} must be a finite number, not {value}")
+        bounds = _in_range(f.name)
+        if bounds is None:
+            continue
+        low, high, low_ok = bounds
+        if not ((value >= low if low_ok else value > low) and value <= high):
+            shown = f"[{low:g}, {high:g}]" if low_ok else f"({low:g}, {high:g}]"
+            shown = ">= 0" if high == math.inf else shown
+            raise SrlmError(f"{where}: {f.name} must be {shown}, not {value}")
+
+
 def literal_choices(hint: Any) -> tuple[Any, ...] | None:
     """The allowed values of a ``Literal[...]`` type (or a union of them), else None."""
     origin = typing.get_origin(hint)
@@ -119,6 +150,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType) and args:
         return _coerce(value, args[0], where)
+    if hint in (bool, int, float, str) and isinstance(value, (list, tuple, dict, set)):
+        kind = "a mapping" if isinstance(value, dict) else "a list"
+        raise SrlmError(f"{where}: expected a single {hint.__name__}, got {kind}: {value!r}")
     try:
         if hint is bool:
             if isinstance(value, str):
@@ -127,7 +161,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 if value.lower() in ("false", "0", "no", "off"):
                     return False
                 raise ValueError(value)
+            if value not in (0, 1):  # True, False, 0, 1
+                raise ValueError(value)
             return bool(value)
+        if isinstance(value, bool) and hint in (int, float, str):
+            raise ValueError(value)  # a YAML yes/no where a number or a text belongs
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

@@ -8,10 +8,12 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -33,25 +35,34 @@ def _is_nonempty_str(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _is_optional_number(v: Any) -> bool:
-    return v is None or _is_number(v)
+def _is_score(v: Any) -> bool:
+    return _is_number(v) and 0 <= v <= 5
+
+
+def _is_optional_score(v: Any) -> bool:
+    return v is None or _is_score(v)
+
+
+ROLES = ("system", "user", "assistant")
 
 
 def _is_messages(v: Any) -> bool:
-    return (
-        isinstance(v, list)
-        and len(v) >= 2
-        and all(
-            isinstance(m, dict)
-            and m.get("role") in ("system", "user", "assistant")
-            and _is_str(m.get("content"))
-            for m in v
-        )
-        and v[-1]["role"] == "assistant"
-    )
+    return isinstance(v, list) and len(v) >= 2 and all(isinstance(m, dict) for m in v)
+
+
+def _messages_problem(messages: list[dict]) -> str | None:
+    """What is wrong with a conversation's turns (None: nothing): roles, empty texts, the last turn."""
+    for i, m in enumerate(messages):
+        if m.get("role") not in ROLES:
+            return f"message {i} has role {m.get('role')!r}; roles are {', '.join(ROLES)}"
+        if not _is_nonempty_str(m.get("content")):
+            return f"message {i} ({m['role']}) has no text in 'content'"
+    if messages[-1]["role"] != "assistant":
+        return f"the last message is the {messages[-1]['role']}'s; it must be the assistant's (what SFT learns)"
+    return None
 
 
 def _is_str_list(min_len: int) -> Callable[[Any], bool]:
@@ -64,8 +75,8 @@ def _is_judged_replies(v: Any) -> bool:
         and _is_str(r.get("text"))
         and _is_str_list(0)(r.get("judge_outputs"))
         and isinstance(r.get("scores"), list)
-        and all(_is_optional_number(s) for s in r["scores"])
-        and _is_optional_number(r.get("mean"))
+        and all(_is_optional_score(s) for s in r["scores"])
+        and _is_optional_score(r.get("mean"))
         for r in v
     )
 
@@ -73,11 +84,11 @@ def _is_judged_replies(v: Any) -> bool:
 # kind -> {field: (check, what the field must be)}
 SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "ift": {
-        "messages": (_is_messages, "a list of {role, content} messages ending with an assistant turn"),
+        "messages": (_is_messages, "a list of at least 2 {role, content} messages ending with an assistant turn"),
     },
     "eft": {
         "prompt": (_is_nonempty_str, "a non-empty string"),
-        "response": (_is_str, "a string"),
+        "response": (_is_nonempty_str, "a non-empty string"),
         "judgement": (_is_nonempty_str, "a non-empty string ending with the score line"),
         "score": (_is_number, "a number from 0 to 5"),
     },
@@ -98,16 +109,20 @@ SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "judgements": {
         "id": (_is_nonempty_str, "a non-empty string"),
         "prompt": (_is_nonempty_str, "a non-empty string"),
-        "replies": (_is_judged_replies, "a list of {text, judge_outputs, scores, mean} objects"),
+        "replies": (_is_judged_replies, "a list of {text, judge_outputs, scores, mean} objects, each score and mean "
+                                        "null or a finite number from 0 to 5"),
     },
     "pair": {
         "prompt": (_is_nonempty_str, "a non-empty string"),
-        "chosen": (_is_str, "a string"),
-        "rejected": (_is_str, "a string"),
-        "chosen_score": (_is_number, "a number"),
-        "rejected_score": (_is_number, "a number"),
+        "chosen": (_is_nonempty_str, "a non-empty string"),
+        "rejected": (_is_str, "a string (an empty reply is a legitimate worst reply)"),
+        "chosen_score": (_is_number, "a finite number"),
+        "rejected_score": (_is_number, "a finite number"),
     },
 }
+
+
+UNIQUE_IDS = ("prompt", "candidates", "judgements")  # kinds whose records later stages find by id
 
 
 def _check_record(kind: str, record: Any, where: str) -> None:
@@ -118,8 +133,16 @@ def _check_record(kind: str, record: Any, where: str) -> None:
             raise SrlmError(f"{where}: missing field '{name}' ({kind} record needs {', '.join(SCHEMAS[kind])})")
         if not check(record[name]):
             raise SrlmError(f"{where}: field '{name}' must be {what}")
+    if kind == "ift" and (problem := _messages_problem(record["messages"])):
+        raise SrlmError(f"{where}: field 'messages': {problem}")
     if kind == "eft" and not 0 <= record["score"] <= 5:
         raise SrlmError(f"{where}: field 'score' must be from 0 to 5, got {record['score']}")
+    if kind == "pair":
+        if record["chosen"] == record["rejected"]:
+            raise SrlmError(f"{where}: 'chosen' and 'rejected' are the same text: DPO learns nothing from the pair")
+        if record["chosen_score"] < record["rejected_score"]:
+            raise SrlmError(f"{where}: chosen_score {record['chosen_score']} is below rejected_score "
+                            f"{record['rejected_score']}: the pair is inverted (swap chosen and rejected)")
     if kind == "eft_eval" and (
         len(record["ranks"]) != len(record["replies"]) or len(set(record["ranks"])) != len(record["ranks"])
     ):
@@ -134,25 +157,40 @@ def validate(kind: str, record: Any, where: str = "<record>") -> Record:
     return record
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def iter_located(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
-    """Yield ``("file:line", record)`` for each JSON line (gzip too), so later checks can name the line."""
+    """Yield ``("file:line", record)`` for each JSON line (gzip too), so later checks can name the line.
+    UTF-8 only; a byte-order mark (as Windows tools write) and CRLF line ends are fine; NaN and Infinity are not
+    JSON numbers and are refused."""
     path = Path(path)
     if not path.is_file():
         raise SrlmError(f"{path}: no such file")
     opener = gzip.open if path.name.endswith(".gz") else open
     lineno = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                where = f"{path}:{lineno}"
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise SrlmError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                    "save the file as UTF-8") from None
                 if not line.strip():
                     continue
-                where = f"{path}:{lineno}"
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, parse_constant=_no_constant)
                 except json.JSONDecodeError as e:
                     raise SrlmError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                except ValueError as e:
+                    raise SrlmError(f"{where}: not valid JSON ({e})") from None
                 yield where, record
-    except (OSError, EOFError, UnicodeDecodeError) as e:  # unreadable, truncated or corrupt (.gz) file
+    except (OSError, EOFError) as e:  # unreadable, truncated or corrupt (.gz) file
         raise SrlmError(f"{path}: cannot read after line {lineno} ({type(e).__name__}: {e})") from None
 
 
@@ -172,9 +210,15 @@ def iter_jsonl(path: str | os.PathLike, kind: str | None = None) -> Iterator[Rec
     path = data_file(path)
     if not path.is_file():
         raise SrlmError(f"{path}: no such file" + (f" (expected {kind} records in JSONL)" if kind else ""))
+    seen: dict[str, str] = {}
     for where, record in iter_located(path):
         if kind is not None:
             _check_record(kind, record, where)
+        if kind in UNIQUE_IDS:
+            if record["id"] in seen:
+                raise SrlmError(f"{where}: id {record['id']!r} is already used at {seen[record['id']]} "
+                                "(ids must be unique: records are matched by id)")
+            seen[record["id"]] = f"line {where.rsplit(':', 1)[-1]}"
         yield record
 
 
@@ -196,15 +240,39 @@ def check_output_free(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc tells it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success move it into place, on error remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not directory and path.is_dir():
+        raise SrlmError(f"{path}: is a directory; this output is a file: give a file path")
+    if directory and path.exists() and not path.is_dir():
+        raise SrlmError(f"{path}: is a file; this output is a directory: give a directory path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir())
+        raise SrlmError(f"{path}: cannot be written: {blocker} is a file, not a directory") from None
+    mode = 0o777 & ~current_umask()  # mkstemp/mkdtemp make 0600/0700: the umask decides, as for any new file
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(mode)
     else:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, mode & 0o666)
         os.close(fd)
         tmp = Path(name)
     try:
@@ -233,8 +301,11 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Record], kind: str | 
             _check_record(kind, record, f"{path} (record {i}, before writing)")
     with atomic_path(path) as tmp:
         with tmp.open("w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for i, record in enumerate(records, start=1):
+                try:
+                    f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+                except ValueError:
+                    raise SrlmError(f"{path} (record {i}): NaN or Infinity in a record; JSON has no such numbers") from None
     return len(records)
 
 
@@ -268,4 +339,14 @@ def read_prompts(path: str | os.PathLike) -> list[Record]:
         elif isinstance(record, dict):
             record = {**record, "id": str(record["id"])}
         rows.append(validate("prompt", record, where))
+    check_unique_ids(rows, path)
     return rows
+
+
+def check_unique_ids(rows: list[Record], path: str | os.PathLike) -> None:
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows, start=1):
+        if row["id"] in first:
+            raise SrlmError(f"{path}: record {i}: id {row['id']!r} is already used by record {first[row['id']]} "
+                            "(ids must be unique: records are matched by id)")
+        first[row["id"]] = i

@@ -93,9 +93,16 @@ def _validate_alias(alias: str) -> str:
     return alias
 
 
-def _existing_version(client, name: str, source: str, iteration: int):
+def _existing_version(client, name: str, source: str, iteration: int, kfp_run_id: str | None = None):
+    """The version this registration already made: the same M(t) of the same KFP run (a retried or rerun run
+    registers it once), or the same source at the same iteration."""
     from mlflow.exceptions import MlflowException
 
+    if kfp_run_id and "'" not in kfp_run_id:
+        same_run = [v for v in client.search_model_versions(f"name = '{name}' and tags.kfp_run_id = '{kfp_run_id}'")
+                    if v.tags.get("iteration") == str(iteration)]
+        if same_run:
+            return min(same_run, key=lambda v: int(v.version))
     if "'" in source:
         return None
     try:
@@ -104,6 +111,32 @@ def _existing_version(client, name: str, source: str, iteration: int):
         return None
     same = [v for v in versions if v.source == source and v.tags.get("iteration") == str(iteration)]
     return max(same, key=lambda v: int(v.version)) if same else None
+
+
+RUN_STATUS_TAG = "srlm.run_status"  # FAILED on the versions a pipeline run registered before it failed
+
+
+def failed_run(version: Any) -> bool:
+    return version.tags.get(RUN_STATUS_TAG) == "FAILED"
+
+
+def mark_run_failed(name: str, kfp_run_id: str) -> list[str]:
+    """Tag every version KFP run ``kfp_run_id`` registered as coming from a failed run; their numbers."""
+    if "'" in kfp_run_id:
+        raise SrlmError(f"{kfp_run_id!r}: quotes are not allowed in a KFP run id")
+    client = mlflow_client()
+    with mlflow_errors(f"tagging the versions of failed run {kfp_run_id}"):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = client.search_model_versions(f"name = '{name}' and tags.kfp_run_id = '{kfp_run_id}'")
+        except MlflowException as e:
+            if error_code(e) == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise
+        for v in versions:
+            client.set_model_version_tag(name, v.version, RUN_STATUS_TAG, "FAILED")
+    return sorted((str(v.version) for v in versions), key=int)
 
 
 def register_model(
@@ -178,7 +211,7 @@ def register_model(
             champion = _get_alias(client, name, CHAMPION)
             key_metrics = pin_champion_metrics(key_metrics, str(champion.version) if champion else None)
         all_tags.update({METRIC_TAG_PREFIX + k: repr(v) for k, v in key_metrics.items()})
-        existing = _existing_version(client, name, source, iteration)
+        existing = _existing_version(client, name, source, iteration, (tags or {}).get("kfp_run_id"))
         if existing is not None:
             version = existing.version
             for key, value in all_tags.items():
@@ -258,10 +291,13 @@ def get_version(name: str, version: str | None = None, *, alias: str | None = No
 
 
 def _newest_version(client, name: str) -> str:
+    """The newest version not registered by a failed pipeline run."""
     versions = client.search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise SrlmError(f"registered model {name!r} has no versions to promote")
-    return str(max(int(v.version) for v in versions))
+    usable = [v for v in versions if not failed_run(v)]
+    if not usable:
+        failed = f" ({len(versions)} from failed runs)" if versions else ""
+        raise SrlmError(f"registered model {name!r} has no versions to promote{failed}")
+    return str(max(int(v.version) for v in usable))
 
 
 def promote(
@@ -296,6 +332,10 @@ def promote(
             if error_code(e) == "RESOURCE_DOES_NOT_EXIST":
                 raise SrlmError(f"model {name!r} has no version {version}") from None
             raise
+        if failed_run(candidate):
+            raise SrlmError(f"model {name!r} version {version} was registered by a pipeline run that failed (KFP run "
+                            f"{candidate.tags.get('kfp_run_id', '?')}): it is never promoted; promote a version of a "
+                            "run that finished")
         champion = _get_alias(client, name, CHAMPION)
         champion_before = str(champion.version) if champion is not None else None
         fresh = numeric_metrics(metrics)

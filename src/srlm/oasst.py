@@ -334,6 +334,7 @@ def select(messages: list[Record], config: Any) -> tuple[list[Record], list[Reco
             (r for r in ok if r["rank"] is not None), key=lambda r: (r["rank"], r["message_id"])
         )
 
+    counts["rankable_prompts"] = sum(1 for rs in ranked.values() if len(rs) >= config.min_replies)
     ift_eligible = [m for m in prompts if ranked[m["message_id"]] and ranked[m["message_id"]][0]["rank"] == 0]
     counts["ift_eligible"] = len(ift_eligible)
     if not ift_eligible:
@@ -396,11 +397,12 @@ def build(config: Any) -> tuple[list[Record], list[Record]]:
     ift, pool, counts = select(messages, config)
     log.info("oasst %s: %s", config.source, counts)
     if not pool:
-        log.warning(
-            "%s: the EFT pool is empty (%d IFT examples took the eligible prompts, or none has %d ranked replies); "
-            "lower ift_count to leave prompts for EFT",
-            config.source,
-            len(ift),
-            config.min_replies,
-        )
+        rankable = counts["rankable_prompts"]
+        if rankable:
+            fix = (f"the {len(ift)} IFT examples (ift_count={config.ift_count}) took all {rankable} prompts with "
+                   f">= {config.min_replies} ranked replies: set ift_count below {counts['ift_eligible']} (e.g. "
+                   f"{max(1, counts['ift_eligible'] // 2)}) to leave prompts for the judge data")
+        else:
+            fix = f"no prompt has {config.min_replies} ranked replies: lower min_replies or give more data"
+        raise SrlmError(f"{config.source}: the EFT pool would be empty, so the judge (EFT) data cannot be built: {fix}")
     return ift, pool

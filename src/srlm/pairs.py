@@ -1,7 +1,9 @@
 """Preference pairs from self-judged candidates: chosen = highest mean score, rejected = lowest.
 
 Replies without a valid judge score are left out; a prompt whose best and worst scores are
-equal (or with fewer than two scored replies) gives no pair: ties are dropped, never kept.
+equal (or with fewer than two scored replies) gives no pair: ties are dropped, never kept. Nor is
+a pair whose best and worst reply are the same text (sampled twice, judged apart): DPO learns
+nothing from it (``same_text_dropped`` counts them).
 """
 
 from __future__ import annotations
@@ -47,13 +49,16 @@ def best_and_worst(record: Record, min_margin: float = 0.0) -> tuple[Record, Rec
 
 def build_pairs(records: list[Record], config: PairsConfig) -> tuple[list[Record], dict[str, Any]]:
     pairs = []
-    ties = 0
+    ties = same_text = 0
     for record in records:
         picked = best_and_worst(record, config.min_margin)
         if picked is None:
             ties += 1
             continue
         chosen, rejected = picked
+        if chosen["text"] == rejected["text"]:  # one reply sampled twice and judged apart: no preference to learn
+            same_text += 1
+            continue
         pairs.append({
             "id": record["id"], "prompt": record["prompt"],
             "chosen": chosen["text"], "rejected": rejected["text"],
@@ -65,6 +70,7 @@ def build_pairs(records: list[Record], config: PairsConfig) -> tuple[list[Record
         "replies": len(replies),
         "unscored_replies": sum(1 for r in replies if r["mean"] is None),
         "ties_or_unpaired": ties,
+        "same_text_dropped": same_text,
         "pairs": len(pairs),
         "pair_yield": len(pairs) / len(records) if records else 0.0,
         "chosen_mean_chars": _mean(len(p["chosen"]) for p in pairs),
@@ -89,7 +95,8 @@ def run(config: PairsConfig, judgements: str | Path, out: str | Path) -> dict[st
         raise SrlmError(
             f"{judgements}: 0 preference pairs from {stats['prompts']} prompts "
             f"({stats['unscored_replies']} of {stats['replies']} replies had no valid score, "
-            f"{stats['ties_or_unpaired']} prompts tied or had < 2 scored replies); nothing to train DPO on"
+            f"{stats['ties_or_unpaired']} prompts tied or had < 2 scored replies, {stats['same_text_dropped']} had the "
+            "same text as best and worst); nothing to train DPO on"
         )
     if config.verifier:
         from srlm.verifiers import pair_quality

@@ -191,6 +191,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("register", "register M(t) in the MLflow registry by reference (a model on the run's model volume: copied "
                       "to MLflow's artifact store) with lineage tags, key metrics, alias iter-<t>",
           steps.register, outputs=(), family="light", cli=False, models=("model",), follow_refs=False),
+    Stage("finalize", "the run's exit handler: a failed run's MLflow parent run ends FAILED naming the failed "
+                      "stage, and the versions it registered are tagged so (never promoted)", steps.finalize,
+          outputs=(), family="light", cli=False),
     Stage("gate", "promotion gate: challenger on the newest M(t); champion moves when the rule holds (may play it "
                   "against an older champion)", steps.gate, "evaluation",
           {"rule": ("promotion", PromotionRule), "winrate": ("winrate", WinRateConfig)}, ("prompts",),
@@ -278,10 +281,49 @@ def run_stage(name: str, group: Mapping[str, Any] | None = None, ctx: RunContext
 def run_task(name: str, metrics: Any, group: Mapping[str, Any] | None, mlflow: Mapping[str, Any] | None,
              kfp_run_id: str, iteration: int | None = None, **values: Any) -> dict[str, Any]:
     """What a component does: stage ``name`` with its settings group, in the run's context; its statistics
-    go into the KFP ``Metrics`` artifact ``metrics``."""
-    stats = run_stage(name, group, RunContext.of(mlflow, kfp_run_id, iteration), **values)
-    to_kfp(metrics, stats)
+    go into the KFP ``Metrics`` artifact ``metrics``. In a KFP task a bad input ends the task with its one-line
+    message, not a traceback through the executor (:func:`one_line_errors`)."""
+    one_line_errors(name)
+    ctx = RunContext.of(mlflow, kfp_run_id, iteration)
+    try:
+        stats = run_stage(name, group, ctx, **values)
+    except Exception as error:
+        record_failure(ctx, name, error)
+        raise
+    if metrics is not None:
+        to_kfp(metrics, stats)
     return stats
+
+
+def record_failure(ctx: RunContext, stage: str, error: BaseException) -> None:
+    """A failed stage leaves a FAILED run in MLflow (best effort: MLflow may be what failed)."""
+    if not ctx.tracking or stage == "validate":  # validate's failure is about MLflow and settings: nothing to log
+        return
+    import logging
+
+    from srlm import tracking
+
+    try:
+        tracking.log_stage_failure(ctx.experiment, ctx.kfp_run_id, stage, error, ctx.iteration)
+    except Exception as e:  # noqa: BLE001 (the stage's own error is the one to report)
+        logging.getLogger(__name__).warning("could not record the failure of %s in MLflow: %s", stage, e)
+
+
+def one_line_errors(stage: str) -> None:
+    """An uncaught SrlmError (a bad input, said clearly) ends this process with its message on one line and exit
+    code 1; any other exception keeps its traceback. Set only where nobody else chose a hook (a KFP task)."""
+    import sys
+
+    if sys.excepthook is not sys.__excepthook__:
+        return
+
+    def hook(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if issubclass(kind, SrlmError):
+            print(f"srlm {stage}: {error}", file=sys.stderr, flush=True)
+        else:
+            sys.__excepthook__(kind, error, tb)
+
+    sys.excepthook = hook
 
 
 def image_names() -> dict[str, Any]:

@@ -448,6 +448,29 @@ def gate(ctx: RunContext, *, rule: Any, winrate: Any, version: str, model: str, 
     return stats
 
 
+def finalize(ctx: RunContext, *, status: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline's exit handler (runs however the run ended). ``status``: KFP's final status of the run's
+    body (``state``, ``error_message``). A failed or cancelled run: its MLflow parent run ends FAILED (tags
+    ``srlm.failed_stage``, ``srlm.error``: the stages that logged a failure, else KFP's message) and every model
+    version it registered is tagged ``srlm.run_status=FAILED``, so neither the gate nor ``srlm promote`` take it."""
+    from srlm import model_registry, tracking
+
+    state = str(status.get("state") or "UNKNOWN")
+    if state == "SUCCEEDED" or not ctx.tracking:
+        return {"failed": 0.0}
+    failed = tracking.failed_stages(ctx.experiment, ctx.kfp_run_id)
+    named = "; ".join(f"{f['stage']}" + (f" (iteration {f['iteration']})" if f["iteration"] else "") for f in failed)
+    error = failed[-1]["error"] if failed else str(status.get("error_message") or "")
+    tracking.end_pipeline_run(ctx.experiment, ctx.kfp_run_id, "FAILED" if state != "CANCELLED" else "KILLED",
+                              tags={"srlm.failed_stage": named or "unknown (no stage recorded a failure: see the KFP "
+                                                                  "UI for the task that was killed)",
+                                    "srlm.error": error, "srlm.final_state": state})
+    versions = model_registry.mark_run_failed(ctx.model_name, ctx.kfp_run_id)
+    log_.warning("KFP run %s ended %s at %s; versions %s tagged as from a failed run", ctx.kfp_run_id, state,
+                named or "an unrecorded task", versions or "none")
+    return {"failed": 1.0, "failed_versions": float(len(versions))}
+
+
 def _parent_version(name: str, version: str) -> str | None:
     from srlm import model_registry
 

@@ -332,12 +332,44 @@ def pipeline_run(experiment: str, kfp_run_id: str, params: dict | None = None) -
         return run.info.run_id
 
 
-def end_pipeline_run(experiment: str, kfp_run_id: str, status: str = "FINISHED") -> str:
-    """Mark the parent run finished (or ``FAILED``/``KILLED``); returns its run id."""
+def end_pipeline_run(experiment: str, kfp_run_id: str, status: str = "FINISHED", tags: dict | None = None) -> str:
+    """Mark the parent run finished (or ``FAILED``/``KILLED``), with ``tags``; returns its run id."""
     run_id = pipeline_run(experiment, kfp_run_id)
     with mlflow_errors(f"ending parent run {run_id}"):
-        _terminate(mlflow_client(), run_id, status)
+        client = mlflow_client()
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, as_text(value, MAX_TAG))
+        _terminate(client, run_id, status)
     return run_id
+
+
+def log_stage_failure(experiment: str, kfp_run_id: str, stage: str, error: BaseException,
+                      iteration: int | None = None) -> str:
+    """A FAILED child run for a stage that raised: the run's exit handler names it, the MLflow UI shows why."""
+    parent = pipeline_run(experiment, kfp_run_id)
+    client = mlflow_client()
+    tags = {"mlflow.parentRunId": parent, "kfp_run_id": kfp_run_id, "stage": stage, KIND_TAG: STAGE_KIND,
+            "srlm.error": as_text(f"{type(error).__name__}: {error}", MAX_TAG)}
+    if iteration is not None:
+        tags["iteration"] = str(iteration)
+    name = f"iter{iteration}-{stage}" if iteration is not None else stage
+    with mlflow_errors(f"stage run {name} of KFP run {kfp_run_id}"):
+        run_id = client.create_run(ensure_experiment(experiment), tags=tags, run_name=name).info.run_id
+        _terminate(client, run_id, "FAILED")
+    return run_id
+
+
+def failed_stages(experiment: str, kfp_run_id: str) -> list[dict[str, str]]:
+    """The stages of KFP run ``kfp_run_id`` that logged a failure, oldest first: name, iteration, error."""
+    client = mlflow_client()
+    with mlflow_errors(f"failed stages of KFP run {kfp_run_id}"):
+        runs = client.search_runs(
+            [ensure_experiment(experiment)],
+            filter_string=(f"tags.kfp_run_id = '{_quote(kfp_run_id)}' and tags.`{KIND_TAG}` = '{STAGE_KIND}' "
+                           "and attributes.status = 'FAILED'"), max_results=100)
+    runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return [{"stage": r.data.tags.get("stage", "?"), "iteration": r.data.tags.get("iteration", ""),
+             "error": r.data.tags.get("srlm.error", "")} for r in runs]
 
 
 def _log_batch(client, run_id: str, metrics: list | None = None, params: list | None = None) -> None:
