@@ -24,6 +24,8 @@ from srlm.metrics import numeric_metrics
 from srlm.modeldir import write_lineage
 from srlm.promotion import PromotionRule
 
+ROOT = Path(__file__).resolve().parent.parent
+
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 
 
@@ -444,3 +446,46 @@ def test_a_failed_runs_versions_are_tagged_never_promoted_and_a_rerun_registers_
     with pytest.raises(SrlmError, match=rf"version {failed} was registered by a pipeline run that failed .*kfp-bad"):
         model_registry.promote(name, failed)
     assert _aliases(name)["champion"] == v1
+
+
+LOAD_TASK = """
+import sys
+from pathlib import Path
+from srlm import model_registry, tracking
+k, root = int(sys.argv[1]), Path(sys.argv[2])
+model = root / f"m{k}"
+model.mkdir()
+(model / "config.json").write_text('{"model_type": "llama"}')
+(model / "model.safetensors").write_bytes(bytes([k]) * 4096)
+report = root / f"report{k}.md"
+report.write_text(f"# shard {k}\\n")
+metrics = {f"m{j}": k * 1000 + j for j in range(50)}
+run_id = tracking.log_stage("srlm-load", "kfp-load", "sample", {"shard": k, "shards": 8}, metrics,
+                            {"report.md": str(report)}, iteration=k + 1)
+model_registry.register_model("srlm-load", str(model), k + 1, run_id=run_id, upload_local=True,
+                              tags={"kfp_run_id": "kfp-load"}, metrics={"shard": k})
+"""
+
+
+def test_eight_tasks_logging_to_one_server_at_once_lose_nothing(server, tmp_path):
+    """8 shard tasks at once against the real server (each its own process, as on a cluster): one parent run,
+    8 stage runs with all 50 metrics and their artifact each, 8 registered versions with their aliases."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "MLFLOW_TRACKING_URI": server}
+    tasks = [subprocess.Popen([sys.executable, "-c", LOAD_TASK, str(k), str(tmp_path)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(8)]
+    outputs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0] * 8, "\n".join(o[-1500:] for o in outputs)
+    client = _client()
+    experiment = client.get_experiment_by_name("srlm-load").experiment_id
+    parents = client.search_runs([experiment], "tags.kfp_run_id = 'kfp-load' and tags.`srlm.kind` = 'pipeline'")
+    assert len(parents) == 1  # 8 racing creators leave one parent run
+    stages = client.search_runs([experiment], "tags.kfp_run_id = 'kfp-load' and tags.stage = 'sample'")
+    assert sorted(int(r.data.tags["iteration"]) for r in stages) == list(range(1, 9))
+    for run in stages:
+        k = int(run.data.params["shard"])
+        assert run.data.metrics == {f"m{j}": float(k * 1000 + j) for j in range(50)}
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model", "report.md"]  # + the upload
+    versions = client.search_model_versions("name = 'srlm-load'")
+    assert sorted(int(v.tags["iteration"]) for v in versions) == list(range(1, 9))
+    assert {f"iter-{t}" for t in range(1, 9)} <= set(_aliases("srlm-load"))
