@@ -29,6 +29,7 @@ from srlm.io import Record, read_jsonl, write_json, write_jsonl
 from srlm.judge import judge_pairs, load_template
 from srlm.judge_server import JudgeServerOptions
 from srlm.reliability import krippendorff_alpha, rank_agreement
+from srlm.secrets import redact_text
 
 
 @dataclasses.dataclass
@@ -109,7 +110,7 @@ def external(config: JudgeAgreementConfig, rm: Any, rm_judgements: str | Path, o
     return {"judge_tau_vs_external": tau, "judge_tau_vs_external_prompts": prompts_with_tau,
             "judge_alpha_vs_external": krippendorff_alpha(pooled, "ordinal"),
             "external_pairwise_accuracy": reward_model_metrics(items, theirs).get("pairwise_accuracy"),
-            "external_judge": f"{config.judge_model} at {config.judge_base_url}"}
+            "external_judge": f"{config.judge_model} at {redact_text(config.judge_base_url)}"}
 
 
 SUMMARY = ("judge_tau_vs_previous", "judge_same_pair_vs_previous", "judge_tau_vs_external", "judge_alpha_vs_external",

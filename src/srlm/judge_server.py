@@ -16,6 +16,7 @@ from srlm.backends import make_generator
 from srlm.config import setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
+from srlm.secrets import redact_text
 
 
 @dataclasses.dataclass
@@ -44,7 +45,8 @@ def open_judge(config: Any, local_model: str | Path | None, where: str) -> tuple
     if config.judge_base_url:
         from srlm.openai_backend import OpenAIGenerator
 
-        return OpenAIGenerator(config.judge_model, config.judge_options()), f"{config.judge_model} at {config.judge_base_url}"
+        return (OpenAIGenerator(config.judge_model, config.judge_options()),
+                f"{config.judge_model} at {redact_text(config.judge_base_url)}")
     if not local_model:
         raise SrlmError(f"{where}: no judge: set judge_base_url (a judge server) or give a local judge model")
     return make_generator(local_model, config.judge_options()), str(local_model)

@@ -26,6 +26,7 @@ from typing import Any
 
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, GenerationStats, Prompt, as_messages, request_seed, shard_indices
+from srlm.secrets import guard_loggers, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class OpenAIGenerator:
         if self.options.concurrency < 1:
             raise SrlmError(f"backend openai: concurrency must be >= 1, got {self.options.concurrency}")
         self.model = model
-        self.url = self.options.base_url.rstrip("/") + "/chat/completions"
+        guard_loggers("httpx2", "httpx", "openai")  # they log request URLs, a password in base_url included
+        self.url = redact_text(self.options.base_url.rstrip("/") + "/chat/completions")  # as messages show it
         self.api_key = os.environ.get(self.options.api_key_env, "") if self.options.api_key_env else ""
         self.stats = GenerationStats()
         self.requests = 0  # HTTP requests sent, retries included

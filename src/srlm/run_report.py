@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from srlm.metrics import RM_METRICS
+from srlm.secrets import redact_text
 
 Table = dict[int, dict[str, float]]  # iteration t -> metric -> value (M(t)'s evaluation; round t's pairs as pairs_*)
 
@@ -88,7 +89,7 @@ def judge_identity(params: Mapping[str, str]) -> str:
     for name in ("alpaca_eval", "mt_bench"):
         url = params.get(f"{name}.judge_base_url")
         if url and name in params.get("benchmarks", "").split(","):
-            parts.append(f"{name}: {params.get(f'{name}.judge_model') or 'the server default'} at {url}")
+            parts.append(f"{name}: {params.get(f'{name}.judge_model') or 'the server default'} at {redact_text(url)}")
     return "; ".join(parts)
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from srlm.errors import SrlmError
 from srlm.metrics import flatten, metric_key, numeric_metrics
+from srlm.secrets import redact_params, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +154,7 @@ def _check_sqlite(uri: str, path: Path, timeout: float) -> None:
 
 
 def redact(uri: str) -> str:
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.password:
-        return uri.replace(f":{parsed.password}@", ":***@")
-    return uri
+    return redact_text(uri)
 
 
 _REACHED: set[str] = set()
@@ -203,8 +201,9 @@ def as_text(value: Any, limit: int) -> str:
 
 
 def flatten_params(params: Mapping[str, Any] | None) -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists as JSON; long values truncated."""
-    return {metric_key(k): as_text(v, MAX_PARAM) for k, v in flatten(params or {}).items()}
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists as JSON; long values truncated; secrets masked
+    (``srlm.secrets``)."""
+    return redact_params({metric_key(k): as_text(v, MAX_PARAM) for k, v in flatten(params or {}).items()})
 
 
 # --------------------------------------------------------------------------- runs
@@ -349,7 +348,7 @@ def log_stage_failure(experiment: str, kfp_run_id: str, stage: str, error: BaseE
     parent = pipeline_run(experiment, kfp_run_id)
     client = mlflow_client()
     tags = {"mlflow.parentRunId": parent, "kfp_run_id": kfp_run_id, "stage": stage, KIND_TAG: STAGE_KIND,
-            "srlm.error": as_text(f"{type(error).__name__}: {error}", MAX_TAG)}
+            "srlm.error": as_text(redact_text(f"{type(error).__name__}: {error}"), MAX_TAG)}
     if iteration is not None:
         tags["iteration"] = str(iteration)
     name = f"iter{iteration}-{stage}" if iteration is not None else stage
