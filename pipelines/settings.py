@@ -72,6 +72,9 @@ class PipelineSettings:
     tolerations: tuple[dict[str, Any], ...] = ()
     node_selector: dict[str, str] = dataclasses.field(default_factory=dict)
     mlflow_tracking_uri: str = ""  # set as MLFLOW_TRACKING_URI on every task; "" = the environment's
+    # the Secret (keys username, password) every task gets as MLFLOW_TRACKING_USERNAME/PASSWORD: the MLflow
+    # server of manifests/ runs MLflow's basic-auth app; "" = no credentials (a local store, an open server)
+    mlflow_credentials_secret: str = ""
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # more plain env vars (never secrets)
     secret_env: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"secret": NAME, "keys": {KEY: ENV_VAR}}
     # Where a task learns its KFP run id (its MLflow parent run): "pod" = the pod's pipeline/runid label through
@@ -157,6 +160,7 @@ CLUSTER = PipelineSettings(
     tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
     node_selector={"nvidia.com/gpu.present": "true"},
     mlflow_tracking_uri="http://mlflow.srlm.svc.cluster.local:5000",
+    mlflow_credentials_secret="srlm-mlflow-client",
 )
 
 TINY = PipelineSettings(
@@ -222,6 +226,9 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
         task.set_env_variable("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     for key, value in sorted(settings.env.items()):
         task.set_env_variable(key, value)
+    if settings.mlflow_credentials_secret:
+        kubernetes.use_secret_as_env(task, secret_name=settings.mlflow_credentials_secret, secret_key_to_env={
+            "username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"})
     if settings.secret_env:
         kubernetes.use_secret_as_env(task, secret_name=settings.secret_env["secret"],
                                      secret_key_to_env=dict(settings.secret_env["keys"]),

@@ -398,14 +398,20 @@ def test_no_secret_values_anywhere_in_the_yaml(cluster, tiny):
                 assert not SECRET_NAME.search(env["name"]), f"{env['name']} carries a value: use a Kubernetes secret"
 
 
-def test_secrets_are_referenced_never_inlined(tmp_path):
+def test_secrets_are_referenced_never_inlined(tmp_path, cluster):
+    """Every cluster task logs to the authenticating MLflow server as the user of the srlm-mlflow-client Secret; a
+    token for the hub comes from another Secret. Only references are in the YAML."""
+    executors = cluster[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+    client = {"secretName": "srlm-mlflow-client", "keyToEnv": [
+        {"secretKey": "username", "envVar": "MLFLOW_TRACKING_USERNAME"},
+        {"secretKey": "password", "envVar": "MLFLOW_TRACKING_PASSWORD"}]}
+    assert executors and all([{k: r[k] for k in client} for r in ex["secretAsEnv"]] == [client] for ex in executors)
     out = pc.compile_pipeline(
-        pc.settings_for("cluster", {"secret_env": {"secret": "mlflow-auth", "keys": {
-            "username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}}}),
+        pc.settings_for("cluster", {"secret_env": {"secret": "srlm-pipeline-env", "keys": {"HF_TOKEN": "HF_TOKEN"}}}),
         tmp_path / "with-secret.yaml")
     _, platform = load(out)
     refs = [ex.get("secretAsEnv") for ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()]
-    assert refs and all(r and r[0]["secretName"] == "mlflow-auth" for r in refs)
+    assert refs and all([r["secretName"] for r in task_refs] == ["srlm-mlflow-client", "srlm-pipeline-env"] for task_refs in refs)
     with pytest.raises(ValueError, match="Kubernetes secret"):
         pc.settings_for("cluster", {"env": {"AWS_SECRET_ACCESS_KEY": "x"}})
 

@@ -182,7 +182,16 @@ def mlflow_errors(what: str) -> Iterator[None]:
         message = " ".join(str(e.message).split())
         if len(message) > 600:
             message = message[:600] + " ..."
-        raise SrlmError(f"MLflow ({redact(tracking_uri())}): {what}: {message}") from None
+        hint = ""
+        if "error code 401" in message or error_code(e) == "UNAUTHENTICATED":
+            who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            hint = (f" (the server refused user {who!r}: check MLFLOW_TRACKING_PASSWORD" if who else
+                    " (the server asks for credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+            hint += "; on the cluster they come from the srlm-mlflow-client Secret)"
+        elif "error code 403" in message or error_code(e) == "PERMISSION_DENIED":
+            hint = (f" (user {os.environ.get('MLFLOW_TRACKING_USERNAME')!r} lacks the permission: an MLflow admin "
+                    "grants it, see manifests/README.md)")
+        raise SrlmError(f"MLflow ({redact(tracking_uri())}): {what}: {message}{hint}") from None
 
 
 def error_code(e: Exception) -> str:
