@@ -75,6 +75,13 @@ class PipelineSettings:
     # the Secret (keys username, password) every task gets as MLFLOW_TRACKING_USERNAME/PASSWORD: the MLflow
     # server of manifests/ runs MLflow's basic-auth app; "" = no credentials (a local store, an open server)
     mlflow_credentials_secret: str = ""
+    # KFP retries of a failed task (a preempted node, an evicted pod, a server that did not answer): every task but
+    # validate, whose failures are the settings' own. Exponential backoff from retry_backoff, times retry_backoff_factor
+    # per try, at most retry_backoff_max. A deterministic failure (a bad input) is retried too: KFP cannot tell.
+    retries: int = 0
+    retry_backoff: str = "60s"
+    retry_backoff_factor: float = 2.0
+    retry_backoff_max: str = "1h"
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # more plain env vars (never secrets)
     secret_env: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"secret": NAME, "keys": {KEY: ENV_VAR}}
     # Where a task learns its KFP run id (its MLflow parent run): "pod" = the pod's pipeline/runid label through
@@ -106,6 +113,8 @@ class PipelineSettings:
             size=self.workspace_size, kubernetes=dsl.KubernetesWorkspaceConfig(pvcSpecPatch=patch)))
 
     def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, not {self.retries}")
         if self.model_storage not in MODEL_STORAGE:
             raise ValueError(f"model_storage must be one of {list(MODEL_STORAGE)}, got {self.model_storage!r}")
         if self.model_storage == "pvc" and not self.models_pvc:
@@ -161,6 +170,7 @@ CLUSTER = PipelineSettings(
     node_selector={"nvidia.com/gpu.present": "true"},
     mlflow_tracking_uri="http://mlflow.srlm.svc.cluster.local:5000",
     mlflow_credentials_secret="srlm-mlflow-client",
+    retries=2,
 )
 
 TINY = PipelineSettings(
@@ -190,6 +200,9 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
     if stage not in TASKS:
         raise KeyError(f"unknown stage {stage!r}; known: {sorted(TASKS)}")
     task.set_display_name(display_name)
+    if settings.retries and stage != "validate":
+        task.set_retry(num_retries=settings.retries, backoff_duration=settings.retry_backoff,
+                       backoff_factor=settings.retry_backoff_factor, backoff_max_duration=settings.retry_backoff_max)
     # A stored model's artifact is only a reference to a volume the next run may not have: such tasks run again.
     task.set_caching_options(TASKS[stage].cached and not (TASKS[stage].writes_model and settings.model_volume()))
     if settings.run_id_from == "pod":

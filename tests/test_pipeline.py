@@ -326,6 +326,20 @@ def test_every_task_runs_its_stages_image_from_images_json(cluster, tiny):
             assert "pip install" not in " ".join(ex["container"]["command"]), name
 
 
+def test_cluster_tasks_are_retried_with_backoff_but_validation_is_not(cluster, tiny):
+    """A preempted node or an evicted pod costs a retry, not the run (register is idempotent per run and M(t))."""
+    for dag, name, task in container_tasks(cluster[0]):
+        policy = task.get("retryPolicy")
+        if stage_of(task) == "validate":
+            assert policy is None
+        else:
+            assert policy == {"maxRetryCount": 2, "backoffDuration": "60s", "backoffFactor": 2.0,
+                              "backoffMaxDuration": "3600s"}, (dag, name)
+    assert not any("retryPolicy" in task for _, _, task in container_tasks(tiny[0]))  # kfp.local: no retries
+    with pytest.raises(ValueError, match="retries must be >= 0"):
+        pc.settings_for("cluster", {"retries": -1})
+
+
 def test_caching_only_for_deterministic_tasks(cluster, tiny):
     for spec, _ in (cluster, tiny):
         for dag, name, task in container_tasks(spec):

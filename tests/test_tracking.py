@@ -489,3 +489,12 @@ def test_eight_tasks_logging_to_one_server_at_once_lose_nothing(server, tmp_path
     versions = client.search_model_versions("name = 'srlm-load'")
     assert sorted(int(v.tags["iteration"]) for v in versions) == list(range(1, 9))
     assert {f"iter-{t}" for t in range(1, 9)} <= set(_aliases("srlm-load"))
+
+
+def test_a_stage_that_failed_and_then_finished_on_a_retry_is_not_named_as_failed(sqlite):
+    error = SrlmError("the judge server did not answer")
+    tracking.log_stage_failure("srlm-test", "kfp-retried", "judge", error, iteration=2)
+    tracking.log_stage("srlm-test", "kfp-retried", "judge", {}, {"replies": 4}, iteration=2)  # the retry
+    tracking.log_stage_failure("srlm-test", "kfp-retried", "dpo", SrlmError("out of memory"), iteration=2)
+    assert tracking.failed_stages("srlm-test", "kfp-retried") == [
+        {"stage": "dpo", "iteration": "2", "error": "SrlmError: out of memory"}]

@@ -368,16 +368,20 @@ def log_stage_failure(experiment: str, kfp_run_id: str, stage: str, error: BaseE
 
 
 def failed_stages(experiment: str, kfp_run_id: str) -> list[dict[str, str]]:
-    """The stages of KFP run ``kfp_run_id`` that logged a failure, oldest first: name, iteration, error."""
+    """The stages of KFP run ``kfp_run_id`` that logged a failure and did not finish on a retry, oldest first:
+    name, iteration, error."""
     client = mlflow_client()
     with mlflow_errors(f"failed stages of KFP run {kfp_run_id}"):
         runs = client.search_runs(
             [ensure_experiment(experiment)],
-            filter_string=(f"tags.kfp_run_id = '{_quote(kfp_run_id)}' and tags.`{KIND_TAG}` = '{STAGE_KIND}' "
-                           "and attributes.status = 'FAILED'"), max_results=100)
+            filter_string=f"tags.kfp_run_id = '{_quote(kfp_run_id)}' and tags.`{KIND_TAG}` = '{STAGE_KIND}'",
+            max_results=5000)
     runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
-    return [{"stage": r.data.tags.get("stage", "?"), "iteration": r.data.tags.get("iteration", ""),
-             "error": r.data.tags.get("srlm.error", "")} for r in runs]
+    place = [(r.data.tags.get("stage", "?"), r.data.tags.get("iteration", "")) for r in runs]
+    finished = {p for p, r in zip(place, runs) if r.info.status == "FINISHED"}
+    return [{"stage": stage, "iteration": iteration, "error": r.data.tags.get("srlm.error", "")}
+            for (stage, iteration), r in zip(place, runs)
+            if r.info.status == "FAILED" and (stage, iteration) not in finished]
 
 
 def _log_batch(client, run_id: str, metrics: list | None = None, params: list | None = None) -> None:
