@@ -15,11 +15,12 @@ import statistics
 from pathlib import Path
 from typing import Any, Literal
 
+from srlm import resume
 from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions, Generator, check_shard
-from srlm.io import read_jsonl, write_jsonl
+from srlm.io import Record, read_jsonl, write_jsonl
 from srlm.shards import gather, is_sharded, write_shard
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,14 @@ class JudgeConfig(GenerationOptions, StageConfig):
                             "name (rubric, short); empty = the rubric")
     scorer: Literal["model", "random"] = setting("model", "model: the model judges with the rubric; random: scores drawn at random "
                           "(seeded, 1-5; the ablation control, no model is loaded)")
+    resume_chunk: int = setting(512, "self-judging: replies per saved chunk: a retried or re-run stage continues after "
+                                   "the last complete chunk (srlm.resume); 0 = no chunks")
 
     def validate(self) -> None:
         if self.samples < 1:
             raise SrlmError(f"judge samples must be >= 1, got {self.samples}")
+        if self.resume_chunk < 0:
+            raise SrlmError(f"resume_chunk must be >= 0 (0 = no chunks), got {self.resume_chunk}")
 
 
 def judge_config_of(config: Any) -> JudgeConfig:
@@ -235,7 +240,7 @@ def require_some_scores(stats: JudgeStats, what: str) -> None:
 
 def run(
     config: JudgeConfig, model: str | Path, candidates: str | Path, out: str | Path,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | None = None, progress_volume: str = "",
 ) -> dict[str, Any]:
     """Self-judging: score every candidate reply with the model's own rubric judgements.
 
@@ -243,11 +248,40 @@ def run(
     generator judges shard k's requests of the full list, and ``out`` is a shard file
     (``srlm.shards``) with one line per judged reply (its record's position, id and prompt).
     ``merge_shards`` regroups the replies per record: byte for byte the unsharded output. The
-    "no valid score at all" check needs every reply, so it runs at the merge, not per shard.
+    "no valid score at all" check needs every reply, so it runs at the merge, not per shard. With
+    ``config.resume_chunk`` the work is saved in chunks (``srlm.resume``) and a re-run continues
+    after the last complete one, to the same bytes.
     """
     records = read_jsonl(candidates, "candidates")
-    generator = make_generator(model, config) if config.scorer == "model" else None
     items = [(r["prompt"], reply) for r in records for reply in r["replies"]]
+    sharded = is_sharded(shard)
+    chunks = resume.plan(out, len(items), config.resume_chunk, shard if sharded else None,
+                         resume.made_from(config, model, candidates, shard), progress_volume)
+
+    def judge_model():
+        return make_generator(model, config) if config.scorer == "model" else None
+
+    if chunks is None:
+        return _judge(config, judge_model(), records, items, out, shard if sharded else None, candidates)
+    todo = chunks.todo()
+    generator = judge_model() if todo else None
+    judged_now = sum(_judge(config, generator, records, items, path, part, candidates)["replies"] for part, path in todo)
+    if sharded:
+        rows, counts = resume.join_shard(chunks, "judgements", out, shard)
+        stats = judgement_stats([{"replies": [row["reply"] for row in rows]}])
+        stats.truncated_judgements = counts.get("truncated_judgements", 0)
+        k, total = check_shard(shard)
+        result = {**stats.as_dict(), "shard": k, "shards": total}
+    else:
+        result = merge_shards(chunks.files(), out)
+        result.pop("shards")
+    chunks.clear()
+    return {**result, **chunks.stats(), "replies_judged_now": judged_now}
+
+
+def _judge(config: JudgeConfig, generator: Generator | None, records: list[Record], items: list[tuple[str, str]],
+           out: str | Path, shard: tuple[int, int] | None, candidates: str | Path) -> dict[str, Any]:
+    """Judge ``items`` (shard ``shard`` of them: a shard file) into ``out``; this call's statistics."""
     judged, stats = judge_pairs(generator, items, config, shard=shard)
     if is_sharded(shard):
         owners = [(i, r) for i, r in enumerate(records) for _ in r["replies"]]

@@ -82,6 +82,7 @@ class Stage:
     models: tuple[str, ...] = ()  # params that are model directories (or references to a stored one, srlm.storage)
     follow_refs: bool = True  # False: the step follows the references itself (register uploads a stored model)
     writes_model: bool = False  # its ``out`` is a model: with a model volume it is stored there (srlm.storage)
+    resumable: bool = False  # saves its work in chunks (srlm.resume): on the model volume, when there is one
 
     @property
     def command(self) -> str:
@@ -116,6 +117,8 @@ class Stage:
         for name in self.models if self.follow_refs else ():
             if values.get(name):
                 values[name] = storage.resolve(values[name])
+        if self.resumable:
+            values["progress_volume"] = model_volume
         if not (self.writes_model and model_volume):
             return self.step(ctx, **settings, **values)
         ref = values["out"]
@@ -163,11 +166,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           {"config": ("candidates", SamplingConfig)},
           params=(MODEL, Param("prompts", "prompts JSONL ({id, prompt} or {instruction})"),
                   Param("out", "candidates JSONL to write"), *SHARDING),
-          family="generation", resources="generation", cached=True, models=("model",)),
+          family="generation", resources="generation", cached=True, models=("model",), resumable=True),
     Stage("judge", "self-judge every candidate with the additive 5-point rubric", steps.judge, "judging",
           {"config": ("judge", JudgeConfig)},
           params=(MODEL, Param("candidates", "candidates JSONL"), Param("out", "judgements JSONL to write"), *SHARDING),
-          family="generation", resources="generation", cached=True, models=("model",)),
+          family="generation", resources="generation", cached=True, models=("model",), resumable=True),
     Stage("merge", "join the K shard files of a fanned-out sampling or judging step into the unsharded output",
           steps.merge, params=(Param("stage", "the sharded stage: sample or judge"),
                                Param("shard_files", "the K shard files", many=True), Param("out", "the merged file")),

@@ -174,8 +174,8 @@ def prompts(ctx: RunContext, *, config: Any, model: str, out: str, seed_prompts:
     return stats
 
 
-def sample(ctx: RunContext, *, config: Any, model: str, prompts: str, out: str, shard: int = 0, shards: int = 1
-           ) -> dict[str, Any]:
+def sample(ctx: RunContext, *, config: Any, model: str, prompts: str, out: str, shard: int = 0, shards: int = 1,
+           progress_volume: str = "") -> dict[str, Any]:
     """M(t-1) samples N candidate replies per prompt; with ``shards`` > 1, shard ``shard`` of them (see ``merge``)."""
     from srlm import sampling
 
@@ -183,13 +183,13 @@ def sample(ctx: RunContext, *, config: Any, model: str, prompts: str, out: str, 
     is_sharded(part)  # checks it before any input is read
     stats: dict[str, Any] = {}
     with timed(stats):
-        stats.update(sampling.run(config, model, prompts, out, shard=part))
+        stats.update(sampling.run(config, model, prompts, out, shard=part, progress_volume=progress_volume))
     return _finish_shardable(ctx, "sample", params_of(config, model=model, prompts=prompts, out=out), stats, part,
                              Head(out, 5))
 
 
-def judge(ctx: RunContext, *, config: Any, model: str, candidates: str, out: str, shard: int = 0, shards: int = 1
-          ) -> dict[str, Any]:
+def judge(ctx: RunContext, *, config: Any, model: str, candidates: str, out: str, shard: int = 0, shards: int = 1,
+          progress_volume: str = "") -> dict[str, Any]:
     """M(t-1) judges every candidate with the rubric (its own reward model); with ``shards`` > 1, shard ``shard``."""
     from srlm import judge as jd
 
@@ -197,7 +197,7 @@ def judge(ctx: RunContext, *, config: Any, model: str, candidates: str, out: str
     is_sharded(part)  # checks it before any input is read
     stats: dict[str, Any] = {}
     with timed(stats):
-        stats.update(jd.run(config, model, candidates, out, shard=part))
+        stats.update(jd.run(config, model, candidates, out, shard=part, progress_volume=progress_volume))
     return _finish_shardable(ctx, "judge", params_of(config, model=model, candidates=candidates, out=out), stats, part,
                              Head(out, 3))
 

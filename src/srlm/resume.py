@@ -1,0 +1,123 @@
+"""Resumable generation stages: sampling and judging save their work in chunks and a retry continues after the
+last complete chunk.
+
+A chunk is a shard (``srlm.shards``): chunk c of C of a stage that is shard (k, K) of its run is shard
+(k + K*c, K*C), which the generator produces exactly as the full run would (the same global batches or
+prompts, seeded by their global position). So the chunks together are byte for byte the uninterrupted output,
+and each is written atomically: a chunk file that exists is complete. The chunk files live in a progress
+directory beside the output (or, with a model volume, on it: a retried pod gets a fresh local disk), with a
+manifest of what they were made from; a retry with other inputs or settings starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from srlm.io import Record, file_digest, write_json
+from srlm.shards import read_shard, write_shard
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(**inputs: Any) -> str:
+    """A digest of what a stage's output is made from (settings, model path, input file digest, shard)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def progress_dir(out: str | Path, volume: str = "") -> Path:
+    """Where the chunks of output ``out`` go: beside it, or on the model volume (keyed by the output path, which
+    a retried task keeps)."""
+    if not volume:
+        return Path(str(out) + ".chunks")
+    key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:16]
+    return Path(volume) / "srlm-progress" / f"{Path(out).name}-{key}"
+
+
+@dataclasses.dataclass
+class Chunks:
+    directory: Path
+    parts: list[tuple[tuple[int, int], Path]]  # (the chunk's shard of the whole run, its file)
+    resumed: int  # chunks found complete when the stage started
+
+    def todo(self) -> list[tuple[tuple[int, int], Path]]:
+        return [(shard, path) for shard, path in self.parts if not path.is_file()]
+
+    def files(self) -> list[Path]:
+        return [path for _, path in self.parts]
+
+    def stats(self) -> dict[str, int]:
+        return {"chunks": len(self.parts), "chunks_resumed": self.resumed}
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def plan(out: str | Path, items: int, chunk_items: int, shard: tuple[int, int] | None, made_from: str,
+         volume: str = "") -> Chunks | None:
+    """The chunks of a stage over ``items`` work items (None: ``chunk_items`` 0 or one chunk would hold them all).
+    Chunks made from something else (``made_from`` differs) are removed first."""
+    if not chunk_items or items <= chunk_items:
+        return None
+    count = math.ceil(items / chunk_items)
+    k, total = shard or (0, 1)
+    directory = progress_dir(out, volume)
+    manifest = {"made_from": made_from, "chunks": count, "shard": [k, total], "items": items}
+    found = directory / MANIFEST
+    if found.is_file() and _read(found) != manifest:
+        log.warning("%s: chunks of other inputs or settings: starting over", directory)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not found.is_file():
+        write_json(found, manifest)
+    parts = [((k + total * c, total * count), directory / f"chunk-{c:05d}.jsonl") for c in range(count)]
+    chunks = Chunks(directory, parts, 0)
+    chunks.resumed = len(parts) - len(chunks.todo())
+    if chunks.resumed:
+        log.info("%s: %d of %d chunks already complete: continuing after them", directory, chunks.resumed, count)
+    return chunks
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def join_shard(chunks: Chunks, kind: str, out: str | Path, shard: tuple[int, int]
+               ) -> tuple[list[Record], dict[str, int]]:
+    """The chunks of shard ``shard`` of a fanned-out stage as that shard's file (what the pipeline's merge reads);
+    its records (in order) and the generation counts summed."""
+    items: list[tuple[int, Record]] = []
+    counts: dict[str, int] = {}
+    total = 0
+    for path in chunks.files():
+        head, records = read_shard(path, kind)
+        total = head.items
+        for _, record in records:
+            items.append((record["index"], {k: v for k, v in record.items() if k != "index"}))
+        for key, value in head.counts.items():
+            counts[key] = counts.get(key, 0) + value
+    items.sort(key=lambda item: item[0])
+    write_shard(out, kind, shard, total, items, counts)
+    return [record for _, record in items], counts
+
+
+def input_digest(path: str | Path) -> str:
+    return file_digest(path)
+
+
+def made_from(config: Any, model: str | Path, input_path: str | Path, shard: tuple[int, int] | None,
+              extra: Mapping[str, Any] | None = None) -> str:
+    return fingerprint(settings=config.to_dict(), model=str(model), input=input_digest(input_path), shard=shard,
+                       **(extra or {}))

@@ -1,0 +1,98 @@
+"""Kill and resume (srlm.resume): a sampling or judging stage run by the CLI is killed with SIGKILL after some of
+its chunks, then run again with the same command. The output equals an uninterrupted run's byte for byte (and the
+run without chunks), and the chunks finished before the kill are not done again (counted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from srlm.io import read_jsonl, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = 48
+
+
+def srlm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "srlm.cli", *args]
+
+
+def run(argv: list[str]) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def kill_after_chunks(argv: list[str], chunks_dir: Path, chunks: int) -> tuple[int, int]:
+    """Start the stage, SIGKILL it once ``chunks`` chunk files exist; how many existed when it died and how many work
+    items they hold (a chunk is a shard: with the transformers backend, whole batches)."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while len(list(chunks_dir.glob("chunk-*.jsonl"))) < chunks:
+        assert proc.poll() is None, "the stage ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    files = list(chunks_dir.glob("chunk-*.jsonl"))
+    return len(files), sum(len(f.read_text().splitlines()) - 1 for f in files)  # the first line is the header
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resume") / "prompts.jsonl"
+    ift = read_jsonl(ROOT / "src" / "srlm" / "data" / "seed_ift.jsonl", "ift")
+    write_jsonl(path, [{"id": f"p{i}", "prompt": r["messages"][0]["content"]} for i, r in enumerate(ift[:PROMPTS])],
+                "prompt")
+    return path
+
+
+@pytest.mark.slow
+def test_sampling_killed_after_two_chunks_resumes_to_the_same_bytes(tmp_path, tiny_model, prompts):
+    common = ["--preset", "tiny", "--model", str(tiny_model), "--prompts", str(prompts), "--threads", "1",
+              "--max-new-tokens", "32", "--batch-size", "16"]
+    sample = srlm("sample", *common, "--resume-chunk", "8", "--out", str(tmp_path / "killed.jsonl"))
+    died_with, done = kill_after_chunks(sample, tmp_path / "killed.jsonl.chunks", 2)
+    assert 2 <= died_with < 6 and done >= 8 and not (tmp_path / "killed.jsonl").exists()
+    resumed = run(sample)
+    assert resumed["chunks"] == 6 and resumed["chunks_resumed"] == died_with
+    assert resumed["prompts_sampled_now"] == PROMPTS - done  # the work before the kill is not repeated
+    assert not (tmp_path / "killed.jsonl.chunks").exists()
+    run(srlm("sample", *common, "--resume-chunk", "8", "--out", str(tmp_path / "whole.jsonl")))
+    run(srlm("sample", *common, "--resume-chunk", "0", "--out", str(tmp_path / "unchunked.jsonl")))
+    killed = (tmp_path / "killed.jsonl").read_bytes()
+    assert killed == (tmp_path / "whole.jsonl").read_bytes() == (tmp_path / "unchunked.jsonl").read_bytes()
+
+
+@pytest.mark.slow
+def test_judging_killed_mid_way_resumes_to_the_same_bytes_and_stale_chunks_are_dropped(tmp_path, sft_model, prompts):
+    candidates = tmp_path / "candidates.jsonl"
+    records = read_jsonl(prompts, "prompt")[:8]
+    write_jsonl(candidates, [{"id": r["id"], "prompt": r["prompt"], "replies": [f"Reply {k} to {r['id']}." for k in range(4)]}
+                             for r in records], "candidates")
+    common = ["--preset", "tiny", "--model", str(sft_model), "--candidates", str(candidates), "--threads", "1",
+              "--max-new-tokens", "128", "--batch-size", "16", "--samples", "1"]
+    judge = srlm("judge", *common, "--resume-chunk", "4", "--out", str(tmp_path / "killed.jsonl"))
+    died_with, done = kill_after_chunks(judge, tmp_path / "killed.jsonl.chunks", 3)
+    assert 3 <= died_with < 8 and done > 0
+    resumed = run(judge)
+    assert (resumed["chunks"], resumed["chunks_resumed"]) == (8, died_with)
+    assert resumed["replies_judged_now"] == 32 - done
+    run(srlm("judge", *common, "--resume-chunk", "0", "--out", str(tmp_path / "unchunked.jsonl")))
+    assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "unchunked.jsonl").read_bytes()
+
+    # chunks left by a run with other settings are not mixed in: the stage starts over
+    stale = srlm("judge", *common, "--resume-chunk", "4", "--temperature", "0.5", "--out", str(tmp_path / "other.jsonl"))
+    kill_after_chunks(stale, tmp_path / "other.jsonl.chunks", 1)
+    again = run(srlm("judge", *common, "--resume-chunk", "4", "--out", str(tmp_path / "other.jsonl")))
+    assert again["chunks_resumed"] == 0 and again["replies_judged_now"] == 32
+    assert (tmp_path / "other.jsonl").read_bytes() == (tmp_path / "unchunked.jsonl").read_bytes()
