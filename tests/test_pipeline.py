@@ -689,7 +689,7 @@ from mlflow.tracking import MlflowClient
 client = MlflowClient()
 experiment = client.get_experiment_by_name(sys.argv[1])
 parent = client.search_runs([experiment.experiment_id], "tags.`srlm.kind` = 'pipeline'")[0]
-versions = [{"version": v.version, "tags": dict(v.tags)} for v in client.search_model_versions(f"name = '{sys.argv[2]}'")]
+versions = [{"version": str(v.version), "tags": dict(v.tags)} for v in client.search_model_versions(f"name = '{sys.argv[2]}'")]
 aliases = dict(client.get_registered_model(sys.argv[2]).aliases)
 print(json.dumps({"status": parent.info.status, "tags": parent.data.tags, "versions": versions,
                   "aliases": {k: str(v) for k, v in aliases.items()}}))

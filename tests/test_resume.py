@@ -28,7 +28,7 @@ def run(argv: list[str]) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    return json.loads(done.stdout[done.stdout.rindex("{\n"):])  # the CLI's result (the trainer prints its logs too)
 
 
 def kill_after_chunks(argv: list[str], chunks_dir: Path, chunks: int) -> tuple[int, int]:
@@ -96,3 +96,42 @@ def test_judging_killed_mid_way_resumes_to_the_same_bytes_and_stale_chunks_are_d
     again = run(srlm("judge", *common, "--resume-chunk", "4", "--out", str(tmp_path / "other.jsonl")))
     assert again["chunks_resumed"] == 0 and again["replies_judged_now"] == 32
     assert (tmp_path / "other.jsonl").read_bytes() == (tmp_path / "unchunked.jsonl").read_bytes()
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_dpo_killed_after_a_checkpoint_resumes_from_it_to_the_same_weights(tmp_path, sft_model, prompts):
+    """Checkpoints every 3 of 12 steps; SIGKILL once the step-6 checkpoint is complete; the same command resumes
+    from the newest complete checkpoint, trains only the steps left, and ends at the uninterrupted run's weights
+    (tolerance 1e-6 absolute: the same CPU kernels, data order and RNG states, so in practice equal)."""
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"id": r["id"], "prompt": r["prompt"], "chosen": f"A clear, helpful answer to {r['id']}.",
+                         "rejected": "No.", "chosen_score": 5.0, "rejected_score": 1.0}
+                        for r in read_jsonl(prompts, "prompt")[:16]], "pair")
+    common = ["--preset", "tiny", "--model", str(sft_model), "--pairs", str(pairs), "--threads", "1",
+              "--max-steps", "12", "--checkpoint-steps", "3", "--max-length", "256"]
+    dpo = srlm("dpo", *common, "--out", str(tmp_path / "killed"))
+    checkpoints = tmp_path / "killed.checkpoints"
+    proc = subprocess.Popen(dpo, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (checkpoints / "checkpoint-6" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "DPO ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed").exists()
+    resumed = run(dpo)
+    assert resumed["resumed_from_step"] in (6, 9) and resumed["steps"] == 12
+    assert resumed["steps_trained_now"] == 12 - resumed["resumed_from_step"]  # the steps before the kill are kept
+    assert not checkpoints.exists()
+    whole = run(srlm("dpo", *common, "--out", str(tmp_path / "whole")))
+    assert whole["resumed_from_step"] == 0 and whole["steps_trained_now"] == 12
+    a, b = weights(tmp_path / "killed"), weights(tmp_path / "whole")
+    assert a.keys() == b.keys()
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) <= 1e-6

@@ -34,13 +34,13 @@ def fingerprint(**inputs: Any) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def progress_dir(out: str | Path, volume: str = "") -> Path:
-    """Where the chunks of output ``out`` go: beside it, or on the model volume (keyed by the output path, which
-    a retried task keeps)."""
+def progress_dir(out: str | Path, volume: str = "", suffix: str = ".chunks") -> Path:
+    """Where the saved progress of output ``out`` goes (its chunks; a training stage's checkpoints): beside it, or on
+    the model volume (keyed by the output path, which a retried task keeps)."""
     if not volume:
-        return Path(str(out) + ".chunks")
+        return Path(str(out) + suffix)
     key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:16]
-    return Path(volume) / "srlm-progress" / f"{Path(out).name}-{key}"
+    return Path(volume) / "srlm-progress" / f"{Path(out).name}-{key}{suffix}"
 
 
 @dataclasses.dataclass

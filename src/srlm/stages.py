@@ -82,7 +82,7 @@ class Stage:
     models: tuple[str, ...] = ()  # params that are model directories (or references to a stored one, srlm.storage)
     follow_refs: bool = True  # False: the step follows the references itself (register uploads a stored model)
     writes_model: bool = False  # its ``out`` is a model: with a model volume it is stored there (srlm.storage)
-    resumable: bool = False  # saves its work in chunks (srlm.resume): on the model volume, when there is one
+    resumable: bool = False  # saves its progress (chunks, checkpoints: srlm.resume) on the model volume, if any
 
     @property
     def command(self) -> str:
@@ -155,7 +155,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                   Param("out", "directory for the trained model"),
                   Param("chat_template", "the base model's chat template when it has none: llama-2, llama-3, chatml, "
                                          "a .jinja file or the text (saved with M1)", False)),
-          family="training", resources="training", cached=True, models=("model",), writes_model=True),
+          family="training", resources="training", cached=True, models=("model",), writes_model=True, resumable=True),
     Stage("prompts", "generate new prompts, Self-Instruct style, with ROUGE-L and keyword filters",
           steps.prompts, "sampling", {"config": ("prompts", PromptGenConfig)},
           params=(MODEL, Param("seed_prompts", "IFT JSONL (or seed directory) whose first user turns are the seed "
@@ -182,7 +182,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("dpo", "one DPO round: M(t) -> M(t+1), reference = M(t)", steps.dpo, "training",
           {"config": ("dpo", DPOConfig)},
           params=(MODEL, Param("pairs", "preference pairs JSONL"), Param("out", "directory for the trained model")),
-          family="training", resources="training", cached=True, models=("model",), writes_model=True),
+          family="training", resources="training", cached=True, models=("model",), writes_model=True,
+          resumable=True),
     Stage("evaluate", "M(t) as a reward model, head to head against M(t-1), checked by a verifier, and on the "
                       "benchmarks named in evaluation.benchmarks (AlpacaEval, MT-Bench, IFEval)",
           steps.evaluate, "evaluation",

@@ -125,7 +125,7 @@ def build_eft(ctx: RunContext, *, config: Any, model: str, pool: str, out: str) 
 
 
 def sft(ctx: RunContext, *, config: Any, model: str, ift: str, out: str, eft: str | None = None,
-        chat_template: str = "") -> dict[str, Any]:
+        chat_template: str = "", progress_volume: str = "") -> dict[str, Any]:
     """Seed SFT on IFT (+ EFT): M0 -> M1. Without ``eft`` it trains the SFT baseline (IFT only, iteration 0).
     ``chat_template``: M0's template (``srlm.chat_templates``: a name, a file or the text) when it has none."""
     from srlm import chat_templates
@@ -136,17 +136,18 @@ def sft(ctx: RunContext, *, config: Any, model: str, ift: str, out: str, eft: st
         raise SrlmError(f"{eft}: no eft_train.jsonl for seed SFT on IFT + EFT")
     stats: dict[str, Any] = {}
     with timed(stats):
-        stats.update(training.run_sft(config, model=model, ift=ift_file, eft=eft_file, out=out, chat_template=template))
+        stats.update(training.run_sft(config, model=model, ift=ift_file, eft=eft_file, out=out, chat_template=template,
+                                      progress_volume=progress_volume))
     iteration = 1 if eft_file is not None else 0
     finish(ctx.at(iteration), "sft", params_of(config, model=model, ift=ift_file, eft=eft_file, out=out), stats)
     return stats
 
 
-def dpo(ctx: RunContext, *, config: Any, model: str, pairs: str, out: str) -> dict[str, Any]:
+def dpo(ctx: RunContext, *, config: Any, model: str, pairs: str, out: str, progress_volume: str = "") -> dict[str, Any]:
     """One DPO round: M(t-1) (also the reference) -> M(t) on that round's pairs."""
     stats: dict[str, Any] = {}
     with timed(stats):
-        stats.update(training.run_dpo(config, model, pairs, out))
+        stats.update(training.run_dpo(config, model, pairs, out, progress_volume=progress_volume))
     finish(ctx, "dpo", params_of(config, model=model, pairs=pairs, out=out), stats)
     return stats
 

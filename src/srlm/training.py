@@ -30,7 +30,7 @@ from srlm import distributed, judge
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import load_tokenizer
-from srlm.io import Record, atomic_path, read_jsonl
+from srlm.io import Record, atomic_path, read_jsonl, write_json
 from srlm.modeldir import check_model_dir, write_lineage
 from srlm.numerics import set_threads
 from srlm.stagelog import peak_memory
@@ -64,6 +64,10 @@ class TrainingOptions:
         "auto", "dtype of the saved weights; auto = the 16-bit type of the training precision (bf16 -> bfloat16, "
         "fp16 -> float16; float32 without mixed precision): half the size of fp32 master weights, what vLLM loads")
     logging_steps: int = setting(10, "log loss and metrics every N optimizer steps")
+    checkpoint_steps: int = setting(
+        100, "save a checkpoint (weights, optimizer, scheduler, RNG) every N optimizer steps; a retried or re-run "
+        "stage resumes from the newest complete one (beside the output, or on the model volume); 0 = none. A "
+        "checkpoint of full-parameter training holds about 16 bytes per parameter")
     seed: int = setting(0, "seed for initialisation, shuffling and dropout")
     threads: int = setting(0, "torch CPU threads; 0 = torch's default. Use 1 when tasks run side by side")
     gpus_per_node: int = setting(
@@ -104,6 +108,8 @@ class TrainingOptions:
             raise SrlmError(f"{name}: max_length must be >= 16, got {self.max_length}")
         if self.warmup < 0 or self.logging_steps < 1:
             raise SrlmError(f"{name}: warmup must be >= 0 and logging_steps >= 1")
+        if self.checkpoint_steps < 0:
+            raise SrlmError(f"{name}: checkpoint_steps must be >= 0 (0 = no checkpoints), got {self.checkpoint_steps}")
         if self.gpus_per_node < 0:
             raise SrlmError(f"{name}: gpus_per_node must be >= 0 (0 = every GPU the task has), got {self.gpus_per_node}")
         if self.peft == "lora" and self.strategy != "ddp":
@@ -263,7 +269,8 @@ def compute_dtype(config: Any) -> str:
 
 
 def trainer_args(config: SFTConfig | DPOConfig, work_dir: str | Path) -> dict[str, Any]:
-    """TrainingArguments shared by both stages: the paper's schedule, no checkpoints, no trackers."""
+    """TrainingArguments shared by both stages: the paper's schedule, checkpoints every ``checkpoint_steps``, no
+    trackers."""
     import torch
 
     return {
@@ -284,7 +291,8 @@ def trainer_args(config: SFTConfig | DPOConfig, work_dir: str | Path) -> dict[st
         "data_seed": config.seed,
         "use_cpu": not torch.cuda.is_available(),
         "report_to": "none",
-        "save_strategy": "no",
+        **({"save_strategy": "steps", "save_steps": config.checkpoint_steps, "save_total_limit": 2}
+           if config.checkpoint_steps else {"save_strategy": "no"}),  # 2: a kill while saving leaves the one before
         "eval_strategy": "no",
         "dataloader_num_workers": 0,
         **_precision(config.mixed_precision),
@@ -424,10 +432,27 @@ def _warn_too_long(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) 
 # ---------------------------------------------------------------- train, measure, save
 
 
+def last_checkpoint(work: str | Path) -> str | None:
+    """The newest complete checkpoint in ``work`` (the trainer writes trainer_state.json last), or None."""
+    found = []
+    for path in Path(work).glob("checkpoint-*"):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # killed while saving it
+        found.append((int(state.get("global_step", -1)), str(path)))
+    return max(found)[1] if found else None
+
+
 def train(trainer: Any, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run the trainer; return its metrics. A non-finite loss is an SrlmError (nothing gets saved)."""
+    """Run the trainer (from the newest complete checkpoint in its output dir, if any); return its metrics. A
+    non-finite loss is an SrlmError (nothing gets saved)."""
     started = time.perf_counter()
-    result = trainer.train()
+    resume_from = last_checkpoint(trainer.args.output_dir) if trainer.args.save_strategy != "no" else None
+    resumed_step = int(Path(resume_from).name.split("-")[-1]) if resume_from else 0
+    if resume_from:
+        log.info("resuming from %s (step %d)", resume_from, resumed_step)
+    result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
@@ -436,6 +461,8 @@ def train(trainer: Any, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "steps": result.global_step,
+        "resumed_from_step": resumed_step,
+        "steps_trained_now": result.global_step - resumed_step,
         "examples": len(trainer.train_dataset),
         "epochs": trainer.state.epoch,
         "seconds": round(seconds, 2),
@@ -480,9 +507,32 @@ def save(
 
 
 @contextlib.contextmanager
-def _work_dir(stage: str) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix=f"srlm-{stage}-") as work:
-        yield work
+def _work_dir(config: SFTConfig | DPOConfig, request: dict[str, Any]) -> Iterator[str]:
+    """Where the trainer writes: a temporary directory, or with checkpoints one that outlives a killed run (beside
+    the output or on the model volume, ``srlm.resume``), removed once the model is saved. Checkpoints of other
+    inputs or settings are removed first."""
+    if not config.checkpoint_steps:
+        with tempfile.TemporaryDirectory(prefix=f"srlm-{request['stage']}-") as work:
+            yield work
+        return
+    import shutil
+
+    from srlm import resume
+
+    work = resume.progress_dir(request["out"], request.get("progress_volume", ""), ".checkpoints")
+    data = {k: resume.input_digest(request[k]) for k in ("ift", "eft", "pairs") if request.get(k)
+            and Path(request[k]).is_file()}
+    made_from = resume.fingerprint(config=config.to_dict(), model=str(request["model"]), data=data,
+                                   chat_template=request.get("chat_template", ""))
+    manifest = work / "srlm_manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("made_from") != made_from:
+        log.warning("%s: checkpoints of other inputs or settings: starting over", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not manifest.is_file():
+        write_json(manifest, {"made_from": made_from})
+    yield str(work)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def run_sft(
@@ -492,10 +542,13 @@ def run_sft(
     out: str | Path,
     eft: str | Path | None = None,
     chat_template: str = "",
+    progress_volume: str = "",
 ) -> dict[str, Any]:
     """Seed SFT: train ``model`` on IFT (+ EFT) conversations, loss on responses only; write M1 to ``out``
-    (with ``chat_template`` as its template when given: a base checkpoint has none)."""
-    request = {"stage": "sft", "model": model, "ift": ift, "eft": eft, "out": out, "chat_template": chat_template}
+    (with ``chat_template`` as its template when given: a base checkpoint has none). Checkpoints go beside
+    ``out`` or on ``progress_volume``."""
+    request = {"stage": "sft", "model": model, "ift": ift, "eft": eft, "out": out, "chat_template": chat_template,
+               "progress_volume": progress_volume}
     return _run(config, request)
 
 
@@ -505,10 +558,11 @@ DPO_LOG_KEYS = (
 
 
 def run_dpo(
-    config: DPOConfig, model: str | Path, pairs: str | Path, out: str | Path
+    config: DPOConfig, model: str | Path, pairs: str | Path, out: str | Path, progress_volume: str = ""
 ) -> dict[str, Any]:
-    """One DPO round from M(t) (also the reference) on that round's pairs; write M(t+1) to ``out``."""
-    return _run(config, {"stage": "dpo", "model": model, "pairs": pairs, "out": out})
+    """One DPO round from M(t) (also the reference) on that round's pairs; write M(t+1) to ``out`` (checkpoints
+    beside it or on ``progress_volume``)."""
+    return _run(config, {"stage": "dpo", "model": model, "pairs": pairs, "out": out, "progress_volume": progress_volume})
 
 
 def _run(config: SFTConfig | DPOConfig, request: dict[str, Any]) -> dict[str, Any]:
@@ -519,7 +573,7 @@ def _run(config: SFTConfig | DPOConfig, request: dict[str, Any]) -> dict[str, An
         log.info("%s done on a TrainJob: %s -> %s %s", request["stage"].upper(), request["model"], request["out"], metrics)
         return metrics
     nproc = distributed.processes(config)
-    with _work_dir(request["stage"]) as work:
+    with _work_dir(config, request) as work:
         if nproc > 1 and not distributed.is_worker():
             metrics = distributed.launch({**request, "config": config.to_dict()}, work, nproc)
         else:
