@@ -135,3 +135,31 @@ def test_dpo_killed_after_a_checkpoint_resumes_from_it_to_the_same_weights(tmp_p
     a, b = weights(tmp_path / "killed"), weights(tmp_path / "whole")
     assert a.keys() == b.keys()
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) <= 1e-6
+
+
+@pytest.mark.slow
+def test_prompt_generation_killed_after_two_rounds_replays_them_to_the_same_prompts(tmp_path, tiny_model):
+    """Self-Instruct rounds depend on what earlier rounds accepted: the saved rounds are replayed (the same few-shot
+    draws and filter decisions), only the rest is generated, and the prompts equal the uninterrupted run's."""
+    common = ["--preset", "tiny", "--model", str(tiny_model), "--threads", "1", "--num-prompts", "40",
+              "--requests-per-round", "8", "--max-rounds", "6"]
+    prompts = srlm("prompts", *common, "--out", str(tmp_path / "killed.jsonl"))
+    died_with, _ = kill_after_rounds(prompts, tmp_path / "killed.jsonl.rounds", 2)
+    resumed = run(prompts)
+    assert resumed["rounds_resumed"] == died_with >= 2 and not (tmp_path / "killed.jsonl.rounds").exists()
+    whole = run(srlm("prompts", *common, "--out", str(tmp_path / "whole.jsonl")))
+    assert whole["rounds_resumed"] == 0 and whole["proposed"] == resumed["proposed"]
+    assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
+def kill_after_rounds(argv: list[str], rounds_dir: Path, rounds: int) -> tuple[int, int]:
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while len(list(rounds_dir.glob("round-*.json"))) < rounds:
+        assert proc.poll() is None, "the stage ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(rounds_dir.glob("round-*.json"))), 0

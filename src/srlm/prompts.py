@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from srlm import resume
 from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
@@ -142,13 +143,21 @@ def run(
     model: str | Path,
     out: str | Path,
     seed_prompts: str | Path | None = None,
+    progress_volume: str = "",
 ) -> dict[str, Any]:
-    """Write ``config.num_prompts`` new prompts (fewer if the rounds run out, never zero)."""
+    """Write ``config.num_prompts`` new prompts (fewer if the rounds run out, never zero).
+
+    Each round's generated texts are saved (``srlm.resume``: beside ``out``, or on ``progress_volume``); a re-run
+    replays the saved rounds (the same few-shot draws, the same filter decisions) and generates only the rest, so
+    its output is the uninterrupted run's."""
     seeds = read_seed_prompts(seed_prompts)
     if len(seeds) < config.seed_shots:
         raise SrlmError(f"{seed_prompts or 'bundled seed'}: {len(seeds)} seed prompts, fewer than seed_shots={config.seed_shots}")
+    rounds = resume.Rounds(resume.progress_dir(out, progress_volume, ".rounds"),
+                           resume.fingerprint(config=config.to_dict(), model=str(config.prompt_model or model),
+                                              seeds=seeds))
     rng = random.Random(config.seed)
-    generator = make_generator(config.prompt_model or model, config)
+    generator = None
     kept = PromptFilter(config, seeds)
     accepted: list[str] = []
     proposed = 0
@@ -162,19 +171,24 @@ def run(
             shots += rng.sample(accepted, min(config.generated_shots, len(accepted)))
             rng.shuffle(shots)
             requests.append(few_shot_request(shots))
-        outputs = generator.generate(
-            requests, n=1, temperature=config.temperature, top_p=config.top_p,
-            max_new_tokens=config.max_new_tokens, seed=config.seed + 1000 * round_no, desc=f"prompts round {round_no + 1}",
-        )
-        for (text,) in outputs:
+        outputs = rounds.load(round_no)
+        if outputs is None:
+            generator = generator or make_generator(config.prompt_model or model, config)
+            outputs = [texts[0] for texts in generator.generate(
+                requests, n=1, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                seed=config.seed + 1000 * round_no, desc=f"prompts round {round_no + 1}")]
+            rounds.save(round_no, outputs)
+        for text in outputs:
             proposed += 1
             candidate = clean(text)
             if len(accepted) < config.num_prompts and kept.offer(candidate):
                 accepted.append(candidate)
-    stats = {"proposed": proposed, "accepted": len(accepted), **{f"dropped_{k}": v for k, v in kept.rejected.items()}}
+    stats = {"proposed": proposed, "accepted": len(accepted), **{f"dropped_{k}": v for k, v in kept.rejected.items()},
+             "rounds_resumed": rounds.replayed}
     if not accepted:
         raise SrlmError(f"prompt generation kept 0 of {proposed} proposed prompts (dropped: {kept.rejected}); "
                         "check the prompt model or loosen the filters")
     write_jsonl(out, [{"id": f"gen-{i:05d}", "prompt": p, "source": "generated"} for i, p in enumerate(accepted)], "prompt")
+    rounds.clear()
     log.info("prompt generation: %s", stats)
     return stats

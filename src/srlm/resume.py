@@ -121,3 +121,32 @@ def made_from(config: Any, model: str | Path, input_path: str | Path, shard: tup
               extra: Mapping[str, Any] | None = None) -> str:
     return fingerprint(settings=config.to_dict(), model=str(model), input=input_digest(input_path), shard=shard,
                        **(extra or {}))
+
+
+class Rounds:
+    """The saved rounds of an iterative stage (prompt generation): round r's generated texts, one file each, in a
+    directory with a manifest of what they were made from (other inputs or settings: start over)."""
+
+    def __init__(self, directory: Path, made_from: str):
+        self.directory = directory
+        self.replayed = 0
+        found = directory / MANIFEST
+        if found.is_file() and _read(found) != {"made_from": made_from}:
+            log.warning("%s: rounds of other inputs or settings: starting over", directory)
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if not found.is_file():
+            write_json(found, {"made_from": made_from})
+
+    def load(self, round_no: int) -> list[str] | None:
+        texts = _read(self.directory / f"round-{round_no:05d}.json")
+        if texts is None:
+            return None
+        self.replayed += 1
+        return texts
+
+    def save(self, round_no: int, texts: list[str]) -> None:
+        write_json(self.directory / f"round-{round_no:05d}.json", texts)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

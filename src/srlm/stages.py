@@ -161,7 +161,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           params=(MODEL, Param("seed_prompts", "IFT JSONL (or seed directory) whose first user turns are the seed "
                                                "prompts (default: bundled)", False),
                   Param("out", "prompts JSONL to write")),
-          family="generation", resources="generation", iteration=True, cached=True, models=("model",)),
+          family="generation", resources="generation", iteration=True, cached=True, models=("model",),
+          resumable=True),
     Stage("sample", "sample N candidate replies per prompt", steps.sample, "sampling",
           {"config": ("candidates", SamplingConfig)},
           params=(MODEL, Param("prompts", "prompts JSONL ({id, prompt} or {instruction})"),

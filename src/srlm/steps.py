@@ -155,7 +155,8 @@ def dpo(ctx: RunContext, *, config: Any, model: str, pairs: str, out: str, progr
 # --------------------------------------------------------------------------- one round's data
 
 
-def prompts(ctx: RunContext, *, config: Any, model: str, out: str, seed_prompts: str | None = None) -> dict[str, Any]:
+def prompts(ctx: RunContext, *, config: Any, model: str, out: str, seed_prompts: str | None = None,
+            progress_volume: str = "") -> dict[str, Any]:
     """M(t-1) writes new prompts, Self-Instruct style, few-shot from the seed IFT prompts (``seed_prompts``:
     an IFT file or the seed directory); with ``source: file``, round t's slice of a prompts file."""
     from srlm import prompts as pg
@@ -169,7 +170,7 @@ def prompts(ctx: RunContext, *, config: Any, model: str, out: str, seed_prompts:
             folder = Path(seed_prompts) if seed_prompts and Path(seed_prompts).is_dir() else (seeds.parent if seeds else Path("."))
             stats.update(pg.from_file(config, Path(config.file or folder / "prompts.jsonl"), ctx.iteration, out))
         else:
-            stats.update(pg.run(config, model, out, seed_prompts=seeds))
+            stats.update(pg.run(config, model, out, seed_prompts=seeds, progress_volume=progress_volume))
     finish(ctx, "prompts", params_of(config, model=model, seed_prompts=seeds, out=out), stats,
            {"prompts_sample.jsonl": Head(out, 20)})
     return stats
