@@ -20,6 +20,7 @@ from kfp import kubernetes
 
 from components.images import image
 from srlm.context import RUN_ID_ENV
+from srlm.resume import PROGRESS_ENV
 from srlm.stages import GROUP_ORDER, RESOURCES, TASKS
 from srlm.storage import MODES as MODEL_STORAGE
 
@@ -225,6 +226,8 @@ def configure(task: Any, stage: str, settings: PipelineSettings, display_name: s
                 {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(settings.min_gpu_memory_mib[kind])]}])
         if settings.model_cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=settings.model_cache_pvc, mount_path="/cache")
+            # the saved progress of a long stage (srlm.resume) outlives the pod there: a retry continues from it
+            task.set_env_variable(PROGRESS_ENV, "/cache")
         if gpus > 1 and settings.shm:
             kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                        size_limit=settings.shm)

@@ -633,6 +633,8 @@ def test_cluster_tasks_request_resources_and_gpu_tasks_get_memory_floor_cache_an
         assert floor == {"key": "nvidia.com/gpu.memory", "operator": "Gt",
                          "values": [str(settings.min_gpu_memory_mib[kind])]}, name
         assert k8s[label]["pvcMount"][0]["mountPath"] == "/cache", name
+        env = {e["name"]: e.get("value") for e in ex["container"].get("env", [])}
+        assert env["SRLM_PROGRESS_VOLUME"] == "/cache", name  # saved progress outlives the pod: a retry resumes
         assert k8s[label]["genericEphemeralVolume"][0]["mountPath"] == "/scratch", name
         assert {"name": "TMPDIR", "value": "/scratch"} in ex["container"]["env"], name
     assert settings.min_gpu_memory_mib["training"] > settings.min_gpu_memory_mib["generation"] >= 40000

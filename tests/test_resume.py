@@ -163,3 +163,15 @@ def kill_after_rounds(argv: list[str], rounds_dir: Path, rounds: int) -> tuple[i
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return len(list(rounds_dir.glob("round-*.json"))), 0
+
+
+def test_progress_goes_to_the_volume_a_retried_pod_gets_back(tmp_path, monkeypatch):
+    from srlm.resume import progress_dir
+
+    assert progress_dir(tmp_path / "candidates") == Path(str(tmp_path / "candidates") + ".chunks")  # beside it
+    monkeypatch.setenv("SRLM_PROGRESS_VOLUME", str(tmp_path / "cache"))  # the pipeline sets it on GPU tasks
+    first = progress_dir("/tmp/outputs/run-1/sample/candidates")
+    assert first.parent == tmp_path / "cache" / "srlm-progress" and first.name.endswith(".chunks")
+    assert first == progress_dir("/tmp/outputs/run-1/sample/candidates")  # a retry of the task finds it
+    assert first != progress_dir("/tmp/outputs/run-2/sample/candidates")
+    assert progress_dir("/x/m", str(tmp_path / "models"), ".checkpoints").parent == tmp_path / "models" / "srlm-progress"

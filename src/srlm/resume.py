@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,9 +35,16 @@ def fingerprint(**inputs: Any) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# A directory that outlives the task's pod (the pipeline sets it on GPU tasks: the model cache volume, /cache).
+PROGRESS_ENV = "SRLM_PROGRESS_VOLUME"
+
+
 def progress_dir(out: str | Path, volume: str = "", suffix: str = ".chunks") -> Path:
-    """Where the saved progress of output ``out`` goes (its chunks; a training stage's checkpoints): beside it, or on
-    the model volume (keyed by the output path, which a retried task keeps)."""
+    """Where the saved progress of output ``out`` goes (its chunks, rounds; a training stage's checkpoints): on the
+    model volume, else on the volume ``$SRLM_PROGRESS_VOLUME`` names (a KFP output path is on the pod's own disk,
+    which a retried pod does not get back), else beside ``out``. On a volume it is keyed by the output path, which a
+    retried task keeps."""
+    volume = volume or os.environ.get(PROGRESS_ENV, "")
     if not volume:
         return Path(str(out) + suffix)
     key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:16]
