@@ -77,3 +77,24 @@ def test_the_evaluate_step_runs_every_benchmark_on_the_bundled_sets(sft_model, s
     report = (tmp_path / "report.md").read_text()
     for heading in ("## AlpacaEval-style win rate against the reference outputs", "## MT-Bench", "## IFEval"):
         assert f"\n{heading}" in report
+
+
+def test_benchmark_files_can_be_datasets_a_local_directory_or_a_hub_id(tmp_path, monkeypatch):
+    """A dataset directory goes through datasets.load_dataset (the hub id path); offline, a hub id is one clear line."""
+    from srlm.alpaca_eval import load_references
+    from srlm.ifeval import load_prompts
+
+    data = tmp_path / "alpaca_eval"
+    data.mkdir()
+    (data / "data.jsonl").write_text("".join(json.dumps({"instruction": f"Say {w}.", "output": w.title() + ".",
+                                                          "dataset": "fixture"}) + "\n" for w in ("hi", "bye")))
+    rows = load_references(f"{data}#train")
+    assert [(r["instruction"], r["output"]) for r in rows] == [("Say hi.", "Hi."), ("Say bye.", "Bye.")]
+    assert len(load_prompts("bundled:benchmarks/ifeval.jsonl")) == 8
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(SrlmError, match=r"tatsu-lab/alpaca_eval.*HF_HUB_OFFLINE.*local path") as error:
+        load_references("tatsu-lab/alpaca_eval#eval")
+    assert "\n" not in str(error.value)
+    with pytest.raises(SrlmError, match="no such file"):
+        load_prompts(str(tmp_path / "missing.jsonl"))

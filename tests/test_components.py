@@ -250,7 +250,7 @@ def test_validate_reads_every_benchmarks_files_and_the_rules_benchmark_metric(tm
     message = str(error.value)
     assert "validation found 1 problem(s)" in message and "questions.jsonl: question 1 needs 'turns'" in message
     evaluation["mt_bench"] = {}
-    with pytest.raises(SrlmError, match="none.jsonl: reference file not found"):
+    with pytest.raises(SrlmError, match="none.jsonl: reference file not found .*no such file"):
         run_validate(tmp_path, OFF, evaluation=evaluation)
     evaluation["alpaca_eval"] = {}
     with pytest.raises(SrlmError, match=r"benchmark_metric='ifeval_prompt_strict' needs ifeval in evaluation.benchmarks"):

@@ -33,7 +33,7 @@ from srlm.backends import answer_each
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
-from srlm.io import Record, data_file, read_jsonl, write_json, write_jsonl
+from srlm.io import Record, data_file, read_jsonl, read_records, write_json, write_jsonl
 from srlm.judge import fill_slots, load_template
 from srlm.judge_server import JudgeServerOptions, open_judge
 from srlm.length_control import preference_metrics
@@ -117,10 +117,13 @@ def load_references(path: str | Path, limit: int = 0) -> list[Record]:
     """The reference rows ``{id, instruction, output[, dataset]}``; SrlmError naming the file and row otherwise."""
     if not path:
         raise SrlmError("alpaca_eval.references is empty: give the reference outputs (JSONL of {instruction, output})")
-    path = data_file(path)
+    source, path = str(path), data_file(path)
     if not path.is_file():
-        raise SrlmError(f"{path}: reference file not found")
-    if path.suffix == ".json":
+        try:  # a dataset: a hub id (tatsu-lab/alpaca_eval#eval) or a local dataset directory
+            rows = read_records(source, "a JSONL or JSON file of {instruction, output} rows")
+        except SrlmError as e:
+            raise SrlmError(f"{path}: reference file not found ({e})") from None
+    elif path.suffix == ".json":
         try:
             rows = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:

@@ -33,7 +33,7 @@ from srlm.backends import answer_each
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
-from srlm.io import Record, read_jsonl, write_json, write_jsonl
+from srlm.io import Record, read_records, write_json, write_jsonl
 from srlm.reports import fence, heading, pct
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ def load_prompts(path: str | Path, limit: int = 0) -> list[Record]:
                         "instruction_id_list, kwargs})")
     known = registry()
     rows = []
-    for i, row in enumerate(read_jsonl(path), start=1):
+    rows_in = read_records(path, "a JSONL file of {key, prompt, instruction_id_list, kwargs} (google/IFEval's)")
+    for i, row in enumerate(rows_in, start=1):
         ids, kwargs = (row.get("instruction_id_list"), row.get("kwargs")) if isinstance(row, dict) else (None, None)
         if not (isinstance(row.get("prompt") if isinstance(row, dict) else None, str) and isinstance(ids, list)
                 and isinstance(kwargs, list) and len(ids) == len(kwargs)):

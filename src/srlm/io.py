@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -203,6 +204,51 @@ def data_file(path: str | os.PathLike) -> Path:
     if text.startswith(BUNDLED):
         return Path(__file__).parent / "data" / text[len(BUNDLED):]
     return Path(path)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(source: str) -> bool:
+    """``owner/name`` without a data-file suffix, and no such local path: what ``datasets.load_dataset`` looks up."""
+    return bool(_HUB_ID.match(source)) and not source.endswith((".jsonl", ".json", ".gz", ".parquet"))
+
+
+def hub_rows(source: str, split: str, local_hint: str) -> list[Record]:
+    """The rows of split ``split`` ("" = the first) of dataset ``source`` (a hub id, or a local dataset directory)
+    through ``datasets.load_dataset``; SrlmError saying how to pass a local file instead (``local_hint``)."""
+    try:
+        import datasets
+
+        data = datasets.load_dataset(source, split=split or None)
+        if isinstance(data, datasets.DatasetDict):
+            data = data[next(iter(data))]
+    except Exception as e:  # network, auth and format errors all end here
+        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+                      for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        raise SrlmError(
+            f"{source!r} is not a local file or directory, and loading it as a hub dataset (split "
+            f"{split or 'the first'!r}) failed: "
+            f"{type(e).__name__}: {e}. "
+            + ("Hub access is switched off here (HF_HUB_OFFLINE). " if offline else "This machine may be offline. ")
+            + f"Download the data elsewhere and pass a local path: {local_hint}") from None
+    return [dict(row) for row in data]
+
+
+def read_records(source: str | os.PathLike, local_hint: str = "a JSONL file") -> list[Record]:
+    """Rows of a JSONL file (``bundled:<name>`` too), or of a dataset: a hub id or a local dataset directory, with
+    ``#<split>`` to pick a split (``tatsu-lab/alpaca_eval#eval``)."""
+    text = str(source)
+    path = data_file(text)
+    if path.is_file():
+        return read_jsonl(path)
+    name, _, split = text.partition("#")
+    if Path(name).is_dir() or (is_hub_id(name) and not Path(name).exists()):
+        rows = hub_rows(name, split, local_hint)
+        if not rows:
+            raise SrlmError(f"{source}: the dataset is empty")
+        return rows
+    raise SrlmError(f"{source}: no such file (nor a dataset: a hub id owner/name or a local dataset directory)")
 
 
 def iter_jsonl(path: str | os.PathLike, kind: str | None = None) -> Iterator[Record]:

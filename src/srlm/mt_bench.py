@@ -29,7 +29,7 @@ from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import GenerationOptions
-from srlm.io import Record, read_jsonl, write_json, write_jsonl
+from srlm.io import Record, read_records, write_json, write_jsonl
 from srlm.judge import fill_slots
 from srlm.judge_server import JudgeServerOptions, open_judge
 from srlm.reports import clip, fence, heading, num
@@ -42,6 +42,8 @@ JUDGE_PROMPTS = {(False, 1): "single-v1", (True, 1): "single-math-v1", (False, 2
                  (True, 2): "single-math-v1-multi-turn"}  # (needs a reference, turn) -> prompt name
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+FILES_HINT = "the JSONL files of FastChat's llm_judge (questions, judge prompts, reference answers)"
 
 
 @dataclasses.dataclass
@@ -80,7 +82,7 @@ def load_questions(path: str | Path, limit: int = 0) -> list[Record]:
     if not path:
         raise SrlmError("mt_bench.questions is empty: give the questions file (JSONL of {question_id, category, turns})")
     rows = []
-    for i, row in enumerate(read_jsonl(path), start=1):
+    for i, row in enumerate(read_records(path, FILES_HINT), start=1):
         turns = row.get("turns") if isinstance(row, dict) else None
         if not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) and t.strip() for t in turns)):
             raise SrlmError(f"{path}: question {i} needs 'turns': two non-empty texts")
@@ -93,7 +95,7 @@ def load_questions(path: str | Path, limit: int = 0) -> list[Record]:
 def load_judge_prompts(path: str | Path) -> dict[str, Record]:
     if not path:
         raise SrlmError("mt_bench.judge_prompts is empty: give the judge prompts file (FastChat's judge_prompts.jsonl)")
-    prompts = {row.get("name"): row for row in read_jsonl(path) if isinstance(row, dict)}
+    prompts = {row.get("name"): row for row in read_records(path, FILES_HINT) if isinstance(row, dict)}
     missing = sorted(set(JUDGE_PROMPTS.values()) - set(prompts))
     if missing:
         raise SrlmError(f"{path}: no judge prompt named {', '.join(missing)}")
@@ -108,7 +110,7 @@ def load_references(path: str | Path) -> dict[Any, list[str]]:
     if not path:
         return {}
     refs = {}
-    for i, row in enumerate(read_jsonl(path), start=1):
+    for i, row in enumerate(read_records(path, FILES_HINT), start=1):
         try:
             refs[row["question_id"]] = list(row["choices"][0]["turns"])
         except (KeyError, IndexError, TypeError):

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from srlm.errors import SrlmError
-from srlm.io import Record, iter_located
+from srlm.io import Record, hub_rows, iter_located
 
 log = logging.getLogger(__name__)
 
@@ -215,22 +215,9 @@ def is_hub_id(source: str) -> bool:
 
 
 def _hub_records(source: str, split: str) -> Iterator[tuple[str, Any]]:
-    try:
-        import datasets
-
-        data = datasets.load_dataset(source, split=split)
-    except Exception as e:  # network, auth and format errors all end here
-        offline = any(
-            os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-        )
-        raise SrlmError(
-            f"{source!r} is not a local file or directory, and loading it as a hub dataset (split {split!r}) failed: "
-            f"{type(e).__name__}: {e}. "
-            + ("Hub access is switched off here (HF_HUB_OFFLINE). " if offline else "This machine may be offline. ")
-            + "Download the data elsewhere and pass a local path: a .jsonl, .jsonl.gz or .parquet file of "
-            "OpenAssistant messages or trees, or a directory of them"
-        ) from None
-    for i, record in enumerate(data, start=1):
+    rows = hub_rows(source, split, "a .jsonl, .jsonl.gz or .parquet file of OpenAssistant messages or trees, or a "
+                                   "directory of them")
+    for i, record in enumerate(rows, start=1):
         yield f"{source} [{split}] (row {i})", record
 
 
