@@ -57,10 +57,10 @@ def gate(
 
 
 @dsl.component(base_image=image("finalize"), install_kfp_package=False)
-def finalize(mlflow: dict, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
+def finalize(mlflow: dict, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus, metrics: Output[Metrics]):
     """The run's exit handler: when the run failed, its MLflow parent run ends FAILED naming the failed stage and
     the model versions it registered are tagged so (never promoted)."""
     from srlm import stages
 
-    stages.run_task("finalize", None, None, mlflow, kfp_run_id,
+    stages.run_task("finalize", metrics, None, mlflow, kfp_run_id,
                     status={"state": status.state, "error_message": status.error_message})

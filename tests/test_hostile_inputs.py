@@ -44,7 +44,7 @@ CASES = [
     ("a score above 5", lambda d, m: ["pairs", "--judgements", lines(d / "j.jsonl", judged(scores=[9], mean=9.0)),
                                       "--out", str(d / "pairs.jsonl")], ["j.jsonl:1", "'replies'", "from 0 to 5"]),
     ("repeated prompt ids", lambda d, m: ["pairs", "--judgements", lines(d / "j.jsonl", JUDGED, JUDGED),
-                                          "--out", str(d / "pairs.jsonl")], ["j.jsonl:2", "'p1'", "line 1"]),
+                                          "--out", str(d / "pairs.jsonl")], ["j.jsonl:2", "'p1'", "already used at", "j.jsonl:1"]),
     ("latin-1 text", lambda d, m: ["pairs", "--judgements", lines(d / "j.jsonl", raw=json.dumps(JUDGED).encode() + b"\n"
                                                                   + '{"id": "p2", "prompt": "caf\u00e9"}\n'.encode("latin-1")),
                                    "--out", str(d / "pairs.jsonl")], ["j.jsonl:2", "not UTF-8", "0xe9"]),

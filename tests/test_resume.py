@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,18 +32,23 @@ def run(argv: list[str]) -> dict:
     return json.loads(done.stdout[done.stdout.rindex("{\n"):])  # the CLI's result (the trainer prints its logs too)
 
 
-def kill_after_chunks(argv: list[str], chunks_dir: Path, chunks: int) -> tuple[int, int]:
-    """Start the stage, SIGKILL it once ``chunks`` chunk files exist; how many existed when it died and how many work
-    items they hold (a chunk is a shard: with the transformers backend, whole batches)."""
+def kill_once(argv: list[str], ready: Callable[[], bool]) -> None:
+    """Start the stage and SIGKILL it as soon as ``ready()`` (polled every 20 ms); it must not end before that."""
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while len(list(chunks_dir.glob("chunk-*.jsonl"))) < chunks:
+    while not ready():
         assert proc.poll() is None, "the stage ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def kill_after_chunks(argv: list[str], chunks_dir: Path, chunks: int) -> tuple[int, int]:
+    """Kill the stage once ``chunks`` chunk files exist; how many existed when it died and how many work items they
+    hold (a chunk is a shard: with the transformers backend, whole batches)."""
+    kill_once(argv, lambda: len(list(chunks_dir.glob("chunk-*.jsonl"))) >= chunks)
     files = list(chunks_dir.glob("chunk-*.jsonl"))
     return len(files), sum(len(f.read_text().splitlines()) - 1 for f in files)  # the first line is the header
 
@@ -117,14 +123,7 @@ def test_dpo_killed_after_a_checkpoint_resumes_from_it_to_the_same_weights(tmp_p
               "--max-steps", "12", "--checkpoint-steps", "3", "--max-length", "256"]
     dpo = srlm("dpo", *common, "--out", str(tmp_path / "killed"))
     checkpoints = tmp_path / "killed.checkpoints"
-    proc = subprocess.Popen(dpo, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not (checkpoints / "checkpoint-6" / "trainer_state.json").is_file():
-        assert proc.poll() is None and time.monotonic() < deadline, "DPO ended before it could be killed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once(dpo, lambda: (checkpoints / "checkpoint-6" / "trainer_state.json").is_file())
     assert not (tmp_path / "killed").exists()
     resumed = run(dpo)
     assert resumed["resumed_from_step"] in (6, 9) and resumed["steps"] == 12
@@ -144,25 +143,14 @@ def test_prompt_generation_killed_after_two_rounds_replays_them_to_the_same_prom
     common = ["--preset", "tiny", "--model", str(tiny_model), "--threads", "1", "--num-prompts", "40",
               "--requests-per-round", "8", "--max-rounds", "6"]
     prompts = srlm("prompts", *common, "--out", str(tmp_path / "killed.jsonl"))
-    died_with, _ = kill_after_rounds(prompts, tmp_path / "killed.jsonl.rounds", 2)
+    rounds = tmp_path / "killed.jsonl.rounds"
+    kill_once(prompts, lambda: len(list(rounds.glob("round-*.json"))) >= 2)
+    died_with = len(list(rounds.glob("round-*.json")))
     resumed = run(prompts)
     assert resumed["rounds_resumed"] == died_with >= 2 and not (tmp_path / "killed.jsonl.rounds").exists()
     whole = run(srlm("prompts", *common, "--out", str(tmp_path / "whole.jsonl")))
     assert whole["rounds_resumed"] == 0 and whole["proposed"] == resumed["proposed"]
     assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
-
-
-def kill_after_rounds(argv: list[str], rounds_dir: Path, rounds: int) -> tuple[int, int]:
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while len(list(rounds_dir.glob("round-*.json"))) < rounds:
-        assert proc.poll() is None, "the stage ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return len(list(rounds_dir.glob("round-*.json"))), 0
 
 
 def test_progress_goes_to_the_volume_a_retried_pod_gets_back(tmp_path, monkeypatch):

@@ -113,6 +113,11 @@ class AlpacaEvalConfig(JudgeServerOptions, GenerationOptions, StageConfig):
         return self.method if self.method != "auto" else ("logprob" if self.judge_base_url else "pairwise")
 
 
+def check_inputs(config: AlpacaEvalConfig) -> None:
+    """Read the reference file as the run will (validation, before any GPU work)."""
+    load_references(config.references, config.max_instructions)
+
+
 def load_references(path: str | Path, limit: int = 0) -> list[Record]:
     """The reference rows ``{id, instruction, output[, dataset]}``; SrlmError naming the file and row otherwise."""
     if not path:

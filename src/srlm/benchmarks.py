@@ -8,6 +8,7 @@ version's ``metric.*`` tags the promotion rule reads) and how its report section
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,31 +20,32 @@ from srlm.io import read_jsonl
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    name: str  # also the settings key of its config in the evaluation group
+    """One benchmark: module ``srlm.<name>`` (also its settings key), which has ``run`` (config, model, out[, local
+    judge]) -> metrics, ``check_inputs(config)`` (reads its files as the run will) and ``report(metrics[, rows],
+    level=)``; ``rows``: the file of its run's directory the report's examples come from."""
+
+    name: str
     title: str
-    run: Callable[[Any, str, Path, str | None], dict[str, Any]]  # (config, model, out, local judge) -> metrics
-    headline: Callable[[Mapping[str, Any]], dict[str, float | None]]
-    section: Callable[[Path, int], str]  # (its directory, heading level) -> Markdown
+    run: str
     judged: bool  # needs a judge: its server (judge_base_url) or, without one, the evaluation's fixed judge model
-    check: Callable[[Any], None]  # reads its input files as its run will (validation, before any GPU work)
+    headline: Callable[[Mapping[str, Any]], dict[str, float | None]]
+    rows: str | None = None
 
+    @property
+    def module(self) -> Any:
+        return importlib.import_module(f"srlm.{self.name}")
 
-def _run_alpaca_eval(config: Any, model: str, out: Path, judge: str | None) -> dict[str, Any]:
-    from srlm.alpaca_eval import run_alpaca_eval
+    def run_on(self, config: Any, model: str, out: Path, judge: str | None) -> dict[str, Any]:
+        run = getattr(self.module, self.run)
+        return run(config, model, out, judge) if self.judged else run(config, model, out)
 
-    return run_alpaca_eval(config, model, out, judge)
+    def check(self, config: Any) -> None:
+        self.module.check_inputs(config)
 
-
-def _run_mt_bench(config: Any, model: str, out: Path, judge: str | None) -> dict[str, Any]:
-    from srlm.mt_bench import run_mt_bench
-
-    return run_mt_bench(config, model, out, judge)
-
-
-def _run_ifeval(config: Any, model: str, out: Path, judge: str | None) -> dict[str, Any]:
-    from srlm.ifeval import run_ifeval
-
-    return run_ifeval(config, model, out)
+    def section(self, metrics: Mapping[str, Any], out: Path, level: int) -> str:
+        """Its Markdown report at heading ``level`` (the evaluation report's section)."""
+        rows = (read_jsonl(out / self.rows),) if self.rows else ()
+        return self.module.report(metrics, *rows, level=level)
 
 
 def _alpaca_eval_headline(m: Mapping[str, Any]) -> dict[str, float | None]:
@@ -68,56 +70,11 @@ def _ifeval_headline(m: Mapping[str, Any]) -> dict[str, float | None]:
             "instruction_loose": m.get("instruction_level_loose_accuracy"), "checker_errors": m.get("checker_errors")}
 
 
-def _check_alpaca_eval(config: Any) -> None:
-    from srlm.alpaca_eval import load_references
-
-    load_references(config.references, config.max_instructions)
-
-
-def _check_mt_bench(config: Any) -> None:
-    from srlm import mt_bench
-
-    mt_bench.load_questions(config.questions, config.max_questions)
-    mt_bench.load_judge_prompts(config.judge_prompts)
-    mt_bench.load_references(config.references)
-
-
-def _check_ifeval(config: Any) -> None:
-    from srlm.ifeval import load_prompts
-
-    load_prompts(config.prompts, config.max_prompts)
-
-
-def _metrics(out: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-
-
-def _alpaca_eval_section(out: Path, level: int) -> str:
-    from srlm.alpaca_eval import report
-
-    return report(_metrics(out), read_jsonl(out / "judgements.jsonl"), level=level)
-
-
-def _mt_bench_section(out: Path, level: int) -> str:
-    from srlm.mt_bench import report
-
-    return report(_metrics(out), read_jsonl(out / "judgements.jsonl"), level=level)
-
-
-def _ifeval_section(out: Path, level: int) -> str:
-    from srlm.ifeval import report
-
-    return report(_metrics(out), level=level)
-
-
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("alpaca_eval", "AlpacaEval-style win rate", _run_alpaca_eval, _alpaca_eval_headline,
-              _alpaca_eval_section, judged=True, check=_check_alpaca_eval),
-    Benchmark("mt_bench", "MT-Bench", _run_mt_bench, _mt_bench_headline, _mt_bench_section, judged=True,
-              check=_check_mt_bench),
-    Benchmark("ifeval", "IFEval", _run_ifeval, _ifeval_headline, _ifeval_section, judged=False, check=_check_ifeval),
+    Benchmark("alpaca_eval", "AlpacaEval-style win rate", "run_alpaca_eval", True, _alpaca_eval_headline,
+              "judgements.jsonl"),
+    Benchmark("mt_bench", "MT-Bench", "run_mt_bench", True, _mt_bench_headline, "judgements.jsonl"),
+    Benchmark("ifeval", "IFEval", "run_ifeval", False, _ifeval_headline),
 )}
 
 
@@ -136,11 +93,6 @@ def check_benchmarks(names: Any) -> list[str]:
     return list(names)
 
 
-def check_files(name: str, config: Any) -> None:
-    """Read the benchmark's input files as its run would (SrlmError naming the file and record)."""
-    BENCHMARKS[name].check(config)
-
-
 def benchmark_of_metric(metric: str) -> str | None:
     """The benchmark a summary key such as ``alpaca_eval_lc_win_rate`` comes from (None: not a benchmark's)."""
     return next((name for name in BENCHMARKS if metric.startswith(name + "_") and len(metric) > len(name) + 1), None)
@@ -155,7 +107,7 @@ def run_benchmarks(names: Sequence[str], configs: Mapping[str, Any], model: str,
         bench = BENCHMARKS[name]
         config = configs[name]
         judge = judge_model if bench.judged and not getattr(config, "judge_base_url", "") else None
-        results[name] = bench.run(config, model, out / name, judge)
+        results[name] = bench.run_on(config, model, out / name, judge)
     return results
 
 

@@ -66,9 +66,8 @@ def evaluate(
     verified = None
     if verify.verifier:
         verified = verifiers.run_verify(verify, model, verifiers.verify_prompts_path(verify, seed_dir), out / "verify")
-    agreed = judge_agreement.run(agreement or judge_agreement.JudgeAgreementConfig(max_prompts=0), rm, model,
-                                 out / "judge_agreement", judgements=judgements,
-                                 rm_judgements=out / "rm" / "judgements.jsonl")
+    agreed = {} if agreement is None else judge_agreement.run(
+        agreement, rm, model, out / "judge_agreement", judgements=judgements, rm_judgements=out / "rm" / "judgements.jsonl")
     benched = bm.run_benchmarks(benchmarks, benchmark_configs or {}, model, judge_model, out)
     summary = {**summary_of(rm_metrics, win_metrics, verified), **bm.headline_metrics(benched),
                **{k: agreed[k] for k in judge_agreement.SUMMARY if agreed.get(k) is not None}}
@@ -84,7 +83,7 @@ def evaluate(
         sections += ["", verifiers.verify_report(verified, level=2)]
     if agreed:
         sections += ["", judge_agreement.report(agreed, level=2)]
-    sections += [s for name in benched for s in ("", bm.BENCHMARKS[name].section(out / name, 2))]
+    sections += [s for name, metrics in benched.items() for s in ("", bm.BENCHMARKS[name].section(metrics, out / name, 2))]
     Path(report).parent.mkdir(parents=True, exist_ok=True)
     Path(report).write_text("\n".join(sections), encoding="utf-8")
     parts = {"rm": rm_metrics, "winrate": win_metrics, **({"verify": verified} if verified is not None else {}),

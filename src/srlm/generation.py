@@ -101,9 +101,19 @@ class GenerationStats:
         """Decoded replies cut at max_new_tokens."""
         return self.sequences - self.stopped
 
+    @property
+    def mean_new_tokens(self) -> float:
+        """Tokens per decoded reply."""
+        return self.new_tokens / self.sequences if self.sequences else 0.0
+
     def truncation(self, prefix: str = "") -> dict[str, float]:
         """``{<prefix>truncated_replies, <prefix>truncated_share}``: replies cut at the token limit, so it is never silent."""
         return truncation_stats(self.sequences, self.truncated, prefix)
+
+    def since(self, before: GenerationStats) -> GenerationStats:
+        """What was counted after ``before`` (a copy of these counts taken earlier): one call's share."""
+        return GenerationStats(**{f.name: getattr(self, f.name) - getattr(before, f.name)
+                                  for f in dataclasses.fields(self)})
 
 
 def truncation_stats(sequences: int, truncated: int, prefix: str = "") -> dict[str, float]:

@@ -93,6 +93,11 @@ def registry() -> dict[str, Any]:
     return instructions_registry.INSTRUCTION_DICT
 
 
+def check_inputs(config: IFEvalConfig) -> None:
+    """Read the prompts file as the run will (validation, before any GPU work)."""
+    load_prompts(config.prompts, config.max_prompts)
+
+
 def load_prompts(path: str | Path, limit: int = 0) -> list[Record]:
     if not path:
         raise SrlmError("ifeval.prompts is empty: give the IFEval input file (JSONL of {key, prompt, "

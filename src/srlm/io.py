@@ -206,11 +206,12 @@ def data_file(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def is_hub_id(source: str) -> bool:
-    """``owner/name`` without a data-file suffix, and no such local path: what ``datasets.load_dataset`` looks up."""
+    """``name`` or ``owner/name`` without a data-file suffix: what ``datasets.load_dataset`` would look up (the
+    caller checks first that no such local path exists)."""
     return bool(_HUB_ID.match(source)) and not source.endswith((".jsonl", ".json", ".gz", ".parquet"))
 
 
@@ -261,11 +262,16 @@ def iter_jsonl(path: str | os.PathLike, kind: str | None = None) -> Iterator[Rec
         if kind is not None:
             _check_record(kind, record, where)
         if kind in UNIQUE_IDS:
-            if record["id"] in seen:
-                raise SrlmError(f"{where}: id {record['id']!r} is already used at {seen[record['id']]} "
-                                "(ids must be unique: records are matched by id)")
-            seen[record["id"]] = f"line {where.rsplit(':', 1)[-1]}"
+            _claim_id(seen, record["id"], where)
         yield record
+
+
+def _claim_id(seen: dict[str, str], record_id: str, where: str) -> None:
+    """Refuse an id already used (stages match records by id); remember where it was used first."""
+    if record_id in seen:
+        raise SrlmError(f"{where}: id {record_id!r} is already used at {seen[record_id]} "
+                        "(ids must be unique: records are matched by id)")
+    seen[record_id] = where
 
 
 def read_jsonl(path: str | os.PathLike, kind: str | None = None, allow_empty: bool = False) -> list[Record]:
@@ -375,7 +381,8 @@ def read_prompts(path: str | os.PathLike) -> list[Record]:
 
     Records without an id get ``p<line number>``, so a plain list of instructions works too.
     """
-    rows = []
+    rows: list[Record] = []
+    seen: dict[str, str] = {}
     for i, record in enumerate(read_jsonl(path), start=1):
         where = f"{path}:{i}"
         if isinstance(record, dict) and "prompt" not in record and "instruction" in record:
@@ -385,14 +392,5 @@ def read_prompts(path: str | os.PathLike) -> list[Record]:
         elif isinstance(record, dict):
             record = {**record, "id": str(record["id"])}
         rows.append(validate("prompt", record, where))
-    check_unique_ids(rows, path)
+        _claim_id(seen, record["id"], where)
     return rows
-
-
-def check_unique_ids(rows: list[Record], path: str | os.PathLike) -> None:
-    first: dict[str, int] = {}
-    for i, row in enumerate(rows, start=1):
-        if row["id"] in first:
-            raise SrlmError(f"{path}: record {i}: id {row['id']!r} is already used by record {first[row['id']]} "
-                            "(ids must be unique: records are matched by id)")
-        first[row["id"]] = i

@@ -255,8 +255,7 @@ def run(
     records = read_jsonl(candidates, "candidates")
     items = [(r["prompt"], reply) for r in records for reply in r["replies"]]
     sharded = is_sharded(shard)
-    chunks = resume.plan(out, len(items), config.resume_chunk, shard if sharded else None,
-                         resume.made_from(config, model, candidates, shard), progress_volume)
+    chunks = resume.plan(out, len(items), config, model, candidates, shard, progress_volume)
 
     def judge_model():
         return make_generator(model, config) if config.scorer == "model" else None

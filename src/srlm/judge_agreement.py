@@ -27,9 +27,9 @@ from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.io import Record, read_jsonl, write_json, write_jsonl
 from srlm.judge import judge_pairs, load_template
-from srlm.judge_server import JudgeServerOptions
+from srlm.judge_server import JudgeServerOptions, server_identity
+from srlm.pairs import best_and_worst
 from srlm.reliability import krippendorff_alpha, rank_agreement
-from srlm.secrets import redact_text
 
 
 @dataclasses.dataclass
@@ -51,13 +51,10 @@ def _mean_tau(a: list[list[float | None]], b: list[list[float | None]]) -> tuple
     return (statistics.fmean(taus) if taus else None), len(taus)
 
 
-def _best_and_worst(scores: list[float | None]) -> tuple[int, int] | None:
-    scored = [(s, i) for i, s in enumerate(scores) if s is not None]
-    if len(scored) < 2:
-        return None
-    best = max(scored, key=lambda si: (si[0], -si[1]))[1]  # the first of equal scores, as srlm.pairs picks
-    worst = min(scored, key=lambda si: (si[0], si[1]))[1]
-    return None if best == worst or scores[best] == scores[worst] else (best, worst)
+def _pair_of(scores: list[float | None]) -> tuple[int, int] | None:
+    """The (chosen, rejected) reply positions srlm.pairs would take from these mean scores; None for no pair."""
+    picked = best_and_worst({"replies": [{"mean": s, "position": i} for i, s in enumerate(scores)]})
+    return None if picked is None else (picked[0]["position"], picked[1]["position"])
 
 
 def _rejudge(config: Any, model: str | Path, records: list[Record]) -> list[list[float | None]]:
@@ -82,7 +79,7 @@ def drift(config: JudgeAgreementConfig, rm: Any, model: str | Path, judgements: 
     before = [[reply["mean"] for reply in r["replies"]] for r in records]
     after = _rejudge(rm, model, records)
     tau, prompts_with_tau = _mean_tau(before, after)
-    picks = [(_best_and_worst(b), _best_and_worst(a)) for b, a in zip(before, after)]
+    picks = [(_pair_of(b), _pair_of(a)) for b, a in zip(before, after)]
     paired = [(b, a) for b, a in picks if b is not None]
     write_jsonl(out / "rejudged.jsonl", [{"id": r["id"], "previous": b, "current": a}
                                          for r, b, a in zip(records, before, after)])
@@ -110,7 +107,7 @@ def external(config: JudgeAgreementConfig, rm: Any, rm_judgements: str | Path, o
     return {"judge_tau_vs_external": tau, "judge_tau_vs_external_prompts": prompts_with_tau,
             "judge_alpha_vs_external": krippendorff_alpha(pooled, "ordinal"),
             "external_pairwise_accuracy": reward_model_metrics(items, theirs).get("pairwise_accuracy"),
-            "external_judge": f"{config.judge_model} at {redact_text(config.judge_base_url)}"}
+            "external_judge": server_identity(config)}
 
 
 SUMMARY = ("judge_tau_vs_previous", "judge_same_pair_vs_previous", "judge_tau_vs_external", "judge_alpha_vs_external",

@@ -40,13 +40,17 @@ class JudgeServerOptions:
                                     "served_model": self.judge_model, "api_key_env": self.judge_api_key_env})
 
 
+def server_identity(config: Any) -> str:
+    """The judge server as reports name it: its model at its URL (without a password in it)."""
+    return f"{config.judge_model} at {redact_text(config.judge_base_url)}"
+
+
 def open_judge(config: Any, local_model: str | Path | None, where: str) -> tuple[Any, str]:
     """The judge's generator and its name: the server's model at its URL, or the local model directory."""
     if config.judge_base_url:
         from srlm.openai_backend import OpenAIGenerator
 
-        return (OpenAIGenerator(config.judge_model, config.judge_options()),
-                f"{config.judge_model} at {redact_text(config.judge_base_url)}")
+        return OpenAIGenerator(config.judge_model, config.judge_options()), server_identity(config)
     if not local_model:
         raise SrlmError(f"{where}: no judge: set judge_base_url (a judge server) or give a local judge model")
     return make_generator(local_model, config.judge_options()), str(local_model)

@@ -56,7 +56,8 @@ from srlm.promotion import (
     pin_champion_metrics,
     tag_metrics,
 )
-from srlm.tracking import MAX_TAG, as_text, error_code, is_http, mlflow_client, mlflow_errors, redact, tracking_uri
+from srlm.secrets import redact_text
+from srlm.tracking import MAX_TAG, as_text, error_code, is_http, mlflow_client, mlflow_errors, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,7 @@ def _existing_version(client, name: str, source: str, iteration: int, kfp_run_id
     from mlflow.exceptions import MlflowException
 
     if kfp_run_id and "'" not in kfp_run_id:
-        same_run = [v for v in client.search_model_versions(f"name = '{name}' and tags.kfp_run_id = '{kfp_run_id}'")
-                    if v.tags.get("iteration") == str(iteration)]
+        same_run = [v for v in _run_versions(client, name, kfp_run_id) if v.tags.get("iteration") == str(iteration)]
         if same_run:
             return min(same_run, key=lambda v: int(v.version))
     if "'" in source:
@@ -111,6 +111,11 @@ def _existing_version(client, name: str, source: str, iteration: int, kfp_run_id
         return None
     same = [v for v in versions if v.source == source and v.tags.get("iteration") == str(iteration)]
     return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def _run_versions(client, name: str, kfp_run_id: str) -> list:
+    """The versions of ``name`` that KFP run ``kfp_run_id`` registered (none when the model does not exist yet)."""
+    return client.search_model_versions(f"name = '{name}' and tags.kfp_run_id = '{kfp_run_id}'")
 
 
 RUN_STATUS_TAG = "srlm.run_status"  # FAILED on the versions a pipeline run registered before it failed
@@ -126,14 +131,7 @@ def mark_run_failed(name: str, kfp_run_id: str) -> list[str]:
         raise SrlmError(f"{kfp_run_id!r}: quotes are not allowed in a KFP run id")
     client = mlflow_client()
     with mlflow_errors(f"tagging the versions of failed run {kfp_run_id}"):
-        from mlflow.exceptions import MlflowException
-
-        try:
-            versions = client.search_model_versions(f"name = '{name}' and tags.kfp_run_id = '{kfp_run_id}'")
-        except MlflowException as e:
-            if error_code(e) == "RESOURCE_DOES_NOT_EXIST":
-                return []
-            raise
+        versions = _run_versions(client, name, kfp_run_id)
         for v in versions:
             client.set_model_version_tag(name, v.version, RUN_STATUS_TAG, "FAILED")
     return sorted((str(v.version) for v in versions), key=int)
@@ -323,7 +321,7 @@ def promote(
             client.get_registered_model(name)
         except MlflowException as e:
             if error_code(e) == "RESOURCE_DOES_NOT_EXIST":
-                raise SrlmError(f"registered model {name!r} not found in {redact(tracking_uri())}") from None
+                raise SrlmError(f"registered model {name!r} not found in {redact_text(tracking_uri())}") from None
             raise
         version = str(version) if version is not None else _newest_version(client, name)
         try:

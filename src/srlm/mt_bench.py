@@ -78,6 +78,13 @@ def parse_rating(text: str) -> float | None:
     return value if 1.0 <= value <= 10.0 else None
 
 
+def check_inputs(config: MTBenchConfig) -> None:
+    """Read the questions, judge prompts and references as the run will (validation, before any GPU work)."""
+    load_questions(config.questions, config.max_questions)
+    load_judge_prompts(config.judge_prompts)
+    load_references(config.references)
+
+
 def load_questions(path: str | Path, limit: int = 0) -> list[Record]:
     if not path:
         raise SrlmError("mt_bench.questions is empty: give the questions file (JSONL of {question_id, category, turns})")

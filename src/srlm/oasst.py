@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from srlm.errors import SrlmError
-from srlm.io import Record, hub_rows, iter_located
+from srlm.io import Record, hub_rows, is_hub_id, iter_located
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 FLAT_FIELDS = ("message_id", "parent_id", "text", "role")
 NODE_FIELDS = ("message_id", "text", "role")
 ROLES = ("prompter", "assistant")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 # ---------------------------------------------------------------- reading
@@ -207,11 +206,6 @@ def messages_from_records(records: Iterable[tuple[str, Any]]) -> Iterator[Record
             yield from flatten_tree(record, where)
         else:
             yield normalize(record, where)
-
-
-def is_hub_id(source: str) -> bool:
-    """``name`` or ``owner/name`` without a data-file suffix: what load_dataset would look up."""
-    return bool(_HUB_ID.match(source)) and not source.endswith((*FILE_SUFFIXES, ".json", ".gz"))
 
 
 def _hub_records(source: str, split: str) -> Iterator[tuple[str, Any]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from srlm.io import Record, file_digest, write_json
-from srlm.shards import read_shard, write_shard
+from srlm.shards import is_sharded, read_shard, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +70,36 @@ class Chunks:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def plan(out: str | Path, items: int, chunk_items: int, shard: tuple[int, int] | None, made_from: str,
-         volume: str = "") -> Chunks | None:
-    """The chunks of a stage over ``items`` work items (None: ``chunk_items`` 0 or one chunk would hold them all).
-    Chunks made from something else (``made_from`` differs) are removed first."""
-    if not chunk_items or items <= chunk_items:
+def plan(out: str | Path, items: int, config: Any, model: str | Path, input_path: str | Path,
+         shard: tuple[int, int] | None, volume: str = "") -> Chunks | None:
+    """The chunks of a generation stage over ``items`` work items, ``config.resume_chunk`` each (None: 0, or one
+    chunk would hold them all). Chunks made from other settings, model, input or shard are removed first."""
+    if not config.resume_chunk or items <= config.resume_chunk:
         return None
-    count = math.ceil(items / chunk_items)
-    k, total = shard or (0, 1)
-    directory = progress_dir(out, volume)
-    manifest = {"made_from": made_from, "chunks": count, "shard": [k, total], "items": items}
-    found = directory / MANIFEST
-    if found.is_file() and _read(found) != manifest:
-        log.warning("%s: chunks of other inputs or settings: starting over", directory)
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if not found.is_file():
-        write_json(found, manifest)
+    count = math.ceil(items / config.resume_chunk)
+    k, total = shard if shard is not None and is_sharded(shard) else (0, 1)
+    made_from = fingerprint(settings=config.to_dict(), model=str(model), input=file_digest(input_path), shard=[k, total])
+    directory = open_progress(progress_dir(out, volume),
+                              {"made_from": made_from, "chunks": count, "shard": [k, total], "items": items})
     parts = [((k + total * c, total * count), directory / f"chunk-{c:05d}.jsonl") for c in range(count)]
     chunks = Chunks(directory, parts, 0)
     chunks.resumed = len(parts) - len(chunks.todo())
     if chunks.resumed:
         log.info("%s: %d of %d chunks already complete: continuing after them", directory, chunks.resumed, count)
     return chunks
+
+
+def open_progress(directory: Path, manifest: Mapping[str, Any]) -> Path:
+    """``directory`` ready for saved progress made from what ``manifest`` says: what another manifest's run left
+    there (other inputs or settings) is removed first, so it is never mixed in."""
+    found = directory / MANIFEST
+    if found.is_file() and _read(found) != dict(manifest):
+        log.warning("%s: saved progress of other inputs or settings: starting over", directory)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not found.is_file():
+        write_json(found, dict(manifest))
+    return directory
 
 
 def _read(path: Path) -> Any:
@@ -121,30 +128,13 @@ def join_shard(chunks: Chunks, kind: str, out: str | Path, shard: tuple[int, int
     return [record for _, record in items], counts
 
 
-def input_digest(path: str | Path) -> str:
-    return file_digest(path)
-
-
-def made_from(config: Any, model: str | Path, input_path: str | Path, shard: tuple[int, int] | None,
-              extra: Mapping[str, Any] | None = None) -> str:
-    return fingerprint(settings=config.to_dict(), model=str(model), input=input_digest(input_path), shard=shard,
-                       **(extra or {}))
-
-
 class Rounds:
     """The saved rounds of an iterative stage (prompt generation): round r's generated texts, one file each, in a
     directory with a manifest of what they were made from (other inputs or settings: start over)."""
 
     def __init__(self, directory: Path, made_from: str):
-        self.directory = directory
+        self.directory = open_progress(directory, {"made_from": made_from})
         self.replayed = 0
-        found = directory / MANIFEST
-        if found.is_file() and _read(found) != {"made_from": made_from}:
-            log.warning("%s: rounds of other inputs or settings: starting over", directory)
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if not found.is_file():
-            write_json(found, {"made_from": made_from})
 
     def load(self, round_no: int) -> list[str] | None:
         texts = _read(self.directory / f"round-{round_no:05d}.json")

@@ -17,12 +17,11 @@ import html
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from srlm.metrics import RM_METRICS
-from srlm.secrets import redact_text
 
 Table = dict[int, dict[str, float]]  # iteration t -> metric -> value (M(t)'s evaluation; round t's pairs as pairs_*)
 
@@ -69,17 +68,19 @@ FAMILIES = (
 MT_CATEGORY = "mt_bench_category_"
 
 
-def collect(experiment: str, kfp_run_id: str) -> tuple[Table, dict[str, str]]:
-    """The run's numbers by iteration (evaluate: as logged; pairs: prefixed ``pairs_``) and its settings."""
+def collect(experiment: str, kfp_run_id: str) -> tuple[Table, list[str], dict[str, str]]:
+    """The run's numbers by iteration (evaluate: as logged; pairs: prefixed ``pairs_``), who judged its
+    evaluations, and its settings."""
     from srlm import tracking
 
     table: Table = {}
-    for t, run in tracking.stage_runs(experiment, kfp_run_id, "evaluate").items():
+    evaluations = tracking.stage_runs(experiment, kfp_run_id, "evaluate")
+    for t, run in evaluations.items():
         table.setdefault(t, {}).update(run.data.metrics)
-        table[t]["_judge"] = judge_identity(run.data.params)  # type: ignore[assignment]
     for t, run in tracking.stage_runs(experiment, kfp_run_id, "pairs").items():
         table.setdefault(t, {}).update({f"pairs_{k}": v for k, v in run.data.metrics.items()})
-    return table, tracking.pipeline_params(experiment, kfp_run_id)
+    judges = sorted({judge_identity(run.data.params) for run in evaluations.values()})
+    return table, judges, tracking.pipeline_params(experiment, kfp_run_id)
 
 
 def judge_identity(params: Mapping[str, str]) -> str:
@@ -89,7 +90,8 @@ def judge_identity(params: Mapping[str, str]) -> str:
     for name in ("alpaca_eval", "mt_bench"):
         url = params.get(f"{name}.judge_base_url")
         if url and name in params.get("benchmarks", "").split(","):
-            parts.append(f"{name}: {params.get(f'{name}.judge_model') or 'the server default'} at {redact_text(url)}")
+            # the logged params are redacted already (srlm.secrets): no password in the URL
+            parts.append(f"{name}: {params.get(f'{name}.judge_model') or 'the server default'} at {url}")
     return "; ".join(parts)
 
 
@@ -178,10 +180,10 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th:first-child,td:f
 .missing{color:#999}"""
 
 
-def render(table: Table, params: Mapping[str, str], *, title: str, decision: Mapping[str, Any] | None = None) -> str:
+def render(table: Table, params: Mapping[str, str], *, title: str, judges: Sequence[str] = (),
+           decision: Mapping[str, Any] | None = None) -> str:
     """The HTML page: the decision, one plot per family, the table of every number."""
     models = sorted(table)
-    judges = sorted({str(row.get("_judge")) for row in table.values() if row.get("_judge")})
     head = [f"<h1>{html.escape(title)}</h1>",
             f"<p>Models: {', '.join(f'M{t}' for t in models) or 'none evaluated'}. "
             f"Settings digest <code>{settings_digest(params)}</code> (sha256 of the run's settings).</p>",
@@ -221,8 +223,8 @@ def write(path: str | Path, experiment: str, kfp_run_id: str, *, title: str,
     """Collect the run's numbers from MLflow and write the report to ``path``; how many plots it holds."""
     from srlm.io import atomic_path
 
-    table, params = collect(experiment, kfp_run_id)
-    page = render(table, params, title=title, decision=decision)
+    table, judges, params = collect(experiment, kfp_run_id)
+    page = render(table, params, title=title, judges=judges, decision=decision)
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return {"report_models": len(table), "report_plots": page.count('<img class="plot"')}

@@ -11,7 +11,7 @@ from srlm import resume
 from srlm.backends import make_generator
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
-from srlm.generation import GenerationOptions, GenerationStats, check_shard, truncation_stats
+from srlm.generation import GenerationOptions, check_shard, truncation_stats
 from srlm.io import Record, read_prompts, validate, write_jsonl
 from srlm.shards import gather, is_sharded, write_shard
 
@@ -53,8 +53,7 @@ def run(
     if config.max_prompts:
         records = records[: config.max_prompts]
     sharded = is_sharded(shard)
-    chunks = resume.plan(out, len(records), config.resume_chunk, shard if sharded else None,
-                         resume.made_from(config, model, prompts, shard), progress_volume)
+    chunks = resume.plan(out, len(records), config, model, prompts, shard, progress_volume)
     if chunks is None:
         return _sample(config, make_generator(model, config), records, out, shard if sharded else None)
     todo = chunks.todo()
@@ -82,8 +81,7 @@ def _sample(config: SamplingConfig, generator: Any, records: list[Record], out: 
         max_new_tokens=config.max_new_tokens, seed=config.seed, desc="sampling",
         **({"shard": check_shard(shard)} if sharded else {}),
     )
-    made = GenerationStats(sequences=generator.stats.sequences - before.sequences,
-                           stopped=generator.stats.stopped - before.stopped)
+    made = generator.stats.since(before)
     rows = [(i, {"id": r["id"], "prompt": r["prompt"], "replies": texts})
             for i, (r, texts) in enumerate(zip(records, replies)) if texts is not None]
     if sharded:

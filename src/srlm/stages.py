@@ -295,8 +295,7 @@ def run_task(name: str, metrics: Any, group: Mapping[str, Any] | None, mlflow: M
     except Exception as error:
         record_failure(ctx, name, error)
         raise
-    if metrics is not None:
-        to_kfp(metrics, stats)
+    to_kfp(metrics, stats)
     return stats
 
 

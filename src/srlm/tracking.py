@@ -107,9 +107,9 @@ def check_reachable(uri: str | None = None, timeout: float = 10.0) -> None:
             status = e.code
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
-            raise SrlmError(f"MLflow tracking server {redact(uri)} does not answer ({reason}); is it running and reachable?") from None
+            raise SrlmError(f"MLflow tracking server {redact_text(uri)} does not answer ({reason}); is it running and reachable?") from None
         if status != 200:
-            raise SrlmError(f"MLflow tracking server {redact(uri)} answered HTTP {status} on /health; is this an MLflow server?")
+            raise SrlmError(f"MLflow tracking server {redact_text(uri)} answered HTTP {status} on /health; is this an MLflow server?")
         return
     sqlite_path = _sqlite_path(uri)
     if sqlite_path is not None:
@@ -132,7 +132,7 @@ def check_reachable(uri: str | None = None, timeout: float = 10.0) -> None:
                 conn.execute(sqlalchemy.text("SELECT 1"))
             engine.dispose()
         except Exception as e:  # driver errors vary
-            raise SrlmError(f"MLflow store {redact(uri)} cannot be opened: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            raise SrlmError(f"MLflow store {redact_text(uri)} cannot be opened: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
 def _check_sqlite(uri: str, path: Path, timeout: float) -> None:
@@ -151,10 +151,6 @@ def _check_sqlite(uri: str, path: Path, timeout: float) -> None:
     parent = path.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise SrlmError(f"MLflow store {uri} cannot be opened: directory {parent} does not exist or is not writable")
-
-
-def redact(uri: str) -> str:
-    return redact_text(uri)
 
 
 _REACHED: set[str] = set()
@@ -191,7 +187,7 @@ def mlflow_errors(what: str) -> Iterator[None]:
         elif "error code 403" in message or error_code(e) == "PERMISSION_DENIED":
             hint = (f" (user {os.environ.get('MLFLOW_TRACKING_USERNAME')!r} lacks the permission: an MLflow admin "
                     "grants it, see manifests/README.md)")
-        raise SrlmError(f"MLflow ({redact(tracking_uri())}): {what}: {message}{hint}") from None
+        raise SrlmError(f"MLflow ({redact_text(tracking_uri())}): {what}: {message}{hint}") from None
 
 
 def error_code(e: Exception) -> str:
@@ -272,22 +268,22 @@ def _find_pipeline_runs(client, experiment_id: str, kfp_run_id: str) -> list:
     return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
+def _stage_runs(experiment: str, kfp_run_id: str, condition: str = "") -> list:
+    """The stage (child) runs of KFP run ``kfp_run_id`` meeting ``condition`` (an MLflow filter), oldest first."""
+    with mlflow_errors(f"stage runs of KFP run {kfp_run_id}"):
+        runs = mlflow_client().search_runs(
+            [ensure_experiment(experiment)],
+            filter_string=(f"tags.kfp_run_id = '{_quote(kfp_run_id)}' and tags.`{KIND_TAG}` = '{STAGE_KIND}'"
+                           + (f" and {condition}" if condition else "")),
+            max_results=5000,
+        )
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
 def stage_runs(experiment: str, kfp_run_id: str, stage: str) -> dict[int, Any]:
     """The finished child runs of ``stage`` in KFP run ``kfp_run_id``, by iteration (a retried task: its newest)."""
-    client = mlflow_client()
-    experiment_id = ensure_experiment(experiment)
-    with mlflow_errors(f"{stage} runs of KFP run {kfp_run_id}"):
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=(f"tags.kfp_run_id = '{_quote(kfp_run_id)}' and tags.stage = '{_quote(stage)}' "
-                           f"and tags.`{KIND_TAG}` = '{STAGE_KIND}' and attributes.status = 'FINISHED'"),
-            max_results=1000,
-        )
-    by_iteration: dict[int, Any] = {}
-    for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
-        if run.data.tags.get("iteration", "").isdigit():
-            by_iteration[int(run.data.tags["iteration"])] = run
-    return by_iteration
+    runs = _stage_runs(experiment, kfp_run_id, f"tags.stage = '{_quote(stage)}' and attributes.status = 'FINISHED'")
+    return {int(r.data.tags["iteration"]): r for r in runs if r.data.tags.get("iteration", "").isdigit()}
 
 
 def pipeline_params(experiment: str, kfp_run_id: str) -> dict[str, str]:
@@ -354,13 +350,9 @@ def end_pipeline_run(experiment: str, kfp_run_id: str, status: str = "FINISHED",
 def log_stage_failure(experiment: str, kfp_run_id: str, stage: str, error: BaseException,
                       iteration: int | None = None) -> str:
     """A FAILED child run for a stage that raised: the run's exit handler names it, the MLflow UI shows why."""
-    parent = pipeline_run(experiment, kfp_run_id)
     client = mlflow_client()
-    tags = {"mlflow.parentRunId": parent, "kfp_run_id": kfp_run_id, "stage": stage, KIND_TAG: STAGE_KIND,
-            "srlm.error": as_text(redact_text(f"{type(error).__name__}: {error}"), MAX_TAG)}
-    if iteration is not None:
-        tags["iteration"] = str(iteration)
-    name = f"iter{iteration}-{stage}" if iteration is not None else stage
+    tags, name = _stage_run(experiment, kfp_run_id, stage, iteration)
+    tags["srlm.error"] = as_text(redact_text(f"{type(error).__name__}: {error}"), MAX_TAG)
     with mlflow_errors(f"stage run {name} of KFP run {kfp_run_id}"):
         run_id = client.create_run(ensure_experiment(experiment), tags=tags, run_name=name).info.run_id
         _terminate(client, run_id, "FAILED")
@@ -370,13 +362,7 @@ def log_stage_failure(experiment: str, kfp_run_id: str, stage: str, error: BaseE
 def failed_stages(experiment: str, kfp_run_id: str) -> list[dict[str, str]]:
     """The stages of KFP run ``kfp_run_id`` that logged a failure and did not finish on a retry, oldest first:
     name, iteration, error."""
-    client = mlflow_client()
-    with mlflow_errors(f"failed stages of KFP run {kfp_run_id}"):
-        runs = client.search_runs(
-            [ensure_experiment(experiment)],
-            filter_string=f"tags.kfp_run_id = '{_quote(kfp_run_id)}' and tags.`{KIND_TAG}` = '{STAGE_KIND}'",
-            max_results=5000)
-    runs = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    runs = _stage_runs(experiment, kfp_run_id)
     place = [(r.data.tags.get("stage", "?"), r.data.tags.get("iteration", "")) for r in runs]
     finished = {p for p, r in zip(place, runs) if r.info.status == "FINISHED"}
     return [{"stage": stage, "iteration": iteration, "error": r.data.tags.get("srlm.error", "")}
@@ -414,18 +400,9 @@ def log_stage(
     from mlflow.entities import Metric, Param
 
     checked = _check_artifacts(artifacts or {}, max_artifact_bytes)
-    parent = pipeline_run(experiment, kfp_run_id)
     client = mlflow_client()
     experiment_id = ensure_experiment(experiment)
-    tags = {
-        "mlflow.parentRunId": parent,
-        "kfp_run_id": kfp_run_id,
-        "stage": stage,
-        KIND_TAG: STAGE_KIND,
-    }
-    if iteration is not None:
-        tags["iteration"] = str(iteration)
-    name = f"iter{iteration}-{stage}" if iteration is not None else stage
+    tags, name = _stage_run(experiment, kfp_run_id, stage, iteration)
     now = int(time.time() * 1000)
     with mlflow_errors(f"stage run {name} of KFP run {kfp_run_id}"):
         run = client.create_run(experiment_id, tags=tags, run_name=name)
@@ -444,6 +421,15 @@ def log_stage(
             raise
         _terminate(client, run_id, "FINISHED")
     return run_id
+
+
+def _stage_run(experiment: str, kfp_run_id: str, stage: str, iteration: int | None) -> tuple[dict[str, str], str]:
+    """The tags and name of a stage's child run under the pipeline's parent run."""
+    tags = {"mlflow.parentRunId": pipeline_run(experiment, kfp_run_id), "kfp_run_id": kfp_run_id, "stage": stage,
+            KIND_TAG: STAGE_KIND}
+    if iteration is None:
+        return tags, stage
+    return {**tags, "iteration": str(iteration)}, f"iter{iteration}-{stage}"
 
 
 def _terminate(client, run_id: str, status: str) -> None:

@@ -30,7 +30,7 @@ from srlm import distributed, judge
 from srlm.config import StageConfig, setting
 from srlm.errors import SrlmError
 from srlm.generation import load_tokenizer
-from srlm.io import Record, atomic_path, read_jsonl, write_json
+from srlm.io import Record, atomic_path, file_digest, read_jsonl
 from srlm.modeldir import check_model_dir, write_lineage
 from srlm.numerics import set_threads
 from srlm.stagelog import peak_memory
@@ -432,24 +432,25 @@ def _warn_too_long(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) 
 # ---------------------------------------------------------------- train, measure, save
 
 
-def last_checkpoint(work: str | Path) -> str | None:
-    """The newest complete checkpoint in ``work`` (the trainer writes trainer_state.json last), or None."""
-    found = []
+def last_checkpoint(work: str | Path) -> tuple[str | None, int]:
+    """The newest complete checkpoint in ``work`` (the trainer writes trainer_state.json last) and its step; (None,
+    0) when there is none."""
+    found = [(0, None)]
     for path in Path(work).glob("checkpoint-*"):
         try:
             state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # killed while saving it
-        found.append((int(state.get("global_step", -1)), str(path)))
-    return max(found)[1] if found else None
+        found.append((int(state["global_step"]), str(path)))
+    step, path = max(found, key=lambda f: f[0])
+    return path, step
 
 
 def train(trainer: Any, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run the trainer (from the newest complete checkpoint in its output dir, if any); return its metrics. A
     non-finite loss is an SrlmError (nothing gets saved)."""
     started = time.perf_counter()
-    resume_from = last_checkpoint(trainer.args.output_dir) if trainer.args.save_strategy != "no" else None
-    resumed_step = int(Path(resume_from).name.split("-")[-1]) if resume_from else 0
+    resume_from, resumed_step = last_checkpoint(trainer.args.output_dir)  # none in a fresh directory
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, resumed_step)
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -519,18 +520,11 @@ def _work_dir(config: SFTConfig | DPOConfig, request: dict[str, Any]) -> Iterato
 
     from srlm import resume
 
-    work = resume.progress_dir(request["out"], request.get("progress_volume", ""), ".checkpoints")
-    data = {k: resume.input_digest(request[k]) for k in ("ift", "eft", "pairs") if request.get(k)
-            and Path(request[k]).is_file()}
+    data = {k: file_digest(request[k]) for k in ("ift", "eft", "pairs") if request.get(k) and Path(request[k]).is_file()}
     made_from = resume.fingerprint(config=config.to_dict(), model=str(request["model"]), data=data,
                                    chat_template=request.get("chat_template", ""))
-    manifest = work / "srlm_manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("made_from") != made_from:
-        log.warning("%s: checkpoints of other inputs or settings: starting over", work)
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    if not manifest.is_file():
-        write_json(manifest, {"made_from": made_from})
+    work = resume.open_progress(resume.progress_dir(request["out"], request.get("progress_volume", ""), ".checkpoints"),
+                                {"made_from": made_from})
     yield str(work)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -214,12 +214,12 @@ def _check_templates(configs: Mapping[str, Any]) -> None:
 def _check_benchmarks(names: Any, configs: Mapping[str, Any]) -> None:
     """Each benchmark named in evaluation.benchmarks reads its files now (not after training); a promotion
     rule's benchmark_metric names one of them."""
-    from srlm.benchmarks import benchmark_of_metric, check_benchmarks, check_files
+    from srlm.benchmarks import BENCHMARKS, benchmark_of_metric, check_benchmarks
 
     names = check_benchmarks(names)
     for name in names:
         if configs.get(f"evaluation.{name}") is not None:
-            check_files(name, configs[f"evaluation.{name}"])
+            BENCHMARKS[name].check(configs[f"evaluation.{name}"])
     rule = configs.get("evaluation.promotion")
     needed = benchmark_of_metric(rule.benchmark_metric) if rule is not None and rule.benchmark_metric else None
     if needed and needed not in names:

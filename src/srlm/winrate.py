@@ -178,10 +178,7 @@ def _answers(
         prompts, n=1, temperature=config.temperature, top_p=config.top_p,
         max_new_tokens=config.max_new_tokens, seed=seed, desc=desc,
     )
-    after = generator.stats
-    counts = GenerationStats(sequences=after.sequences - before.sequences, stopped=after.stopped - before.stopped,
-                             new_tokens=after.new_tokens - before.new_tokens)
-    return [texts[0] for texts in outputs], counts
+    return [texts[0] for texts in outputs], generator.stats.since(before)
 
 
 def _judge_pairwise(
@@ -302,8 +299,8 @@ def run_winrate(
         "loss_pct": 100.0 * losses / n,
         "mean_length_a": statistics.fmean(len(a) for a in answers_a),
         "mean_length_b": statistics.fmean(len(b) for b in answers_b),
-        "mean_tokens_a": counts_a.new_tokens / counts_a.sequences if counts_a.sequences else 0.0,
-        "mean_tokens_b": counts_b.new_tokens / counts_b.sequences if counts_b.sequences else 0.0,
+        "mean_tokens_a": counts_a.mean_new_tokens,
+        "mean_tokens_b": counts_b.mean_new_tokens,
         "empty_answers_a": sum(1 for a in answers_a if not a.strip()),
         "empty_answers_b": sum(1 for b in answers_b if not b.strip()),
         **counts_a.truncation("answers_a_"),
