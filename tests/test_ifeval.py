@@ -70,6 +70,15 @@ def test_bad_records_are_named(tmp_path):
         ifeval.load_prompts(bad)
 
 
+def test_validation_knows_the_instruction_ids_lm_eval_knows(tmp_path):
+    """Validation runs in the light image (no lm-eval): its id list must be lm-eval's registry."""
+    assert ifeval.INSTRUCTION_IDS == set(ifeval.registry())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"key": 7, "prompt": "x", "instruction_id_list": ["no:such_check"], "kwargs": [{}]}) + "\n")
+    with pytest.raises(SrlmError, match=r"unknown instruction id\(s\) \['no:such_check'\]"):
+        ifeval.check_inputs(ifeval.IFEvalConfig(prompts=str(bad)))
+
+
 @pytest.mark.slow
 def test_the_tiny_model_end_to_end(tmp_path, sft_model):
     prompts = tmp_path / "input.jsonl"

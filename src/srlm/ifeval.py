@@ -26,6 +26,7 @@ import os
 import random
 import statistics
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -93,16 +94,32 @@ def registry() -> dict[str, Any]:
     return instructions_registry.INSTRUCTION_DICT
 
 
+# lm-eval's instruction ids (lm_eval.tasks.ifeval.instructions_registry; tests/test_ifeval.py checks they
+# agree): validation checks a prompts file in the light image, which has neither lm-eval nor torch.
+INSTRUCTION_IDS = frozenset({
+    "change_case:capital_word_frequency", "change_case:english_capital", "change_case:english_lowercase",
+    "combination:repeat_prompt", "combination:two_responses", "detectable_content:number_placeholders",
+    "detectable_content:postscript", "detectable_format:constrained_response", "detectable_format:json_format",
+    "detectable_format:multiple_sections", "detectable_format:number_bullet_lists",
+    "detectable_format:number_highlighted_sections", "detectable_format:title", "keywords:existence",
+    "keywords:forbidden_words", "keywords:frequency", "keywords:letter_frequency", "language:response_language",
+    "length_constraints:nth_paragraph_first_word", "length_constraints:number_paragraphs",
+    "length_constraints:number_sentences", "length_constraints:number_words", "punctuation:no_comma",
+    "startend:end_checker", "startend:quotation",
+})
+
+
 def check_inputs(config: IFEvalConfig) -> None:
-    """Read the prompts file as the run will (validation, before any GPU work)."""
-    load_prompts(config.prompts, config.max_prompts)
+    """Read the prompts file as the run will (validation, before any GPU work; no lm-eval needed)."""
+    load_prompts(config.prompts, config.max_prompts, known=INSTRUCTION_IDS)
 
 
-def load_prompts(path: str | Path, limit: int = 0) -> list[Record]:
+def load_prompts(path: str | Path, limit: int = 0, known: Collection[str] | None = None) -> list[Record]:
+    """The prompts, each instruction id checked against ``known`` (default: lm-eval's registry)."""
     if not path:
         raise SrlmError("ifeval.prompts is empty: give the IFEval input file (JSONL of {key, prompt, "
                         "instruction_id_list, kwargs})")
-    known = registry()
+    known = registry() if known is None else known
     rows = []
     rows_in = read_records(path, "a JSONL file of {key, prompt, instruction_id_list, kwargs} (google/IFEval's)")
     for i, row in enumerate(rows_in, start=1):
