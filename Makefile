@@ -101,10 +101,15 @@ EXPERIMENT ?= self-rewarding-lm
 RUN_NAME ?= srlm-$(shell date +%Y%m%d-%H%M%S)
 PARAMS ?=
 TOOLS_VENV ?= .venv-tools
+TIER ?= all
+BUILD_ARGS ?=
 IMAGE_ENV = $(if $(REGISTRY),SRLM_REGISTRY=$(REGISTRY)) $(if $(TAG),SRLM_TAG=$(TAG))
 
-images: ## build every image: base, one per stage, the MLflow server (REGISTRY=, TAG=; needs a Docker engine)
-	$(IMAGE_ENV) $(PYTHON) images/build.py build
+images: ## build every image: base, one per stage, the MLflow server (REGISTRY=, TAG=, BUILD_ARGS=, CA_BUNDLE=; needs a Docker engine)
+	$(IMAGE_ENV) $(PYTHON) images/build.py build $(BUILD_ARGS) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
+
+images-check: venv ## build the images with podman, run each as the cluster does (uid 10001, read-only root); TIER=light|all|pipeline
+	$(PY) images/check.py --tier $(TIER)
 
 push: ## push every image `make images` built (same REGISTRY=, TAG=)
 	$(IMAGE_ENV) $(PYTHON) images/build.py push
@@ -125,4 +130,4 @@ tools: $(TOOLS_VENV)/.installed ## install the manifest/image checkers (kubernet
 manifests-check: tools ## render each overlay, kubernetes-validate --strict, checkov (manifests, Dockerfiles, secrets)
 	$(TOOLS_VENV)/bin/python scripts/infra_checks.py all
 
-.PHONY: images push deploy submit tools manifests-check
+.PHONY: images images-check push deploy submit tools manifests-check

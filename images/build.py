@@ -26,6 +26,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def plan(registry: str | None = None, tag: str | None = None, spec: dict | None 
     return images
 
 
-def _source_url(spec: dict) -> str:
+def source_url(spec: dict) -> str:
     if os.environ.get("SRLM_SOURCE_URL"):
         return os.environ["SRLM_SOURCE_URL"]
     try:
@@ -114,7 +115,7 @@ def _default_source(spec: dict) -> str:
     return "https://github.com/OWNER/srlm"
 
 
-def _revision() -> str:
+def revision() -> str:
     try:
         return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -122,12 +123,23 @@ def _revision() -> str:
         return "unknown"
 
 
-def build_command(image: Image, registry: str, tag: str, docker: str, source: str, revision: str) -> list[str]:
-    cmd = [*shlex.split(docker), "build", "--platform", PLATFORM, "--file", str(image.dockerfile.relative_to(ROOT)),
-           "--tag", image.ref, "--build-arg", f"VERSION={tag}", "--build-arg", f"SOURCE_URL={source}",
-           "--build-arg", f"REVISION={revision}"]
+def build_command(image: Image, registry: str, tag: str, docker: str, source: str, revision: str,
+                  build_args: Sequence[str] = (), ca_bundle: str | None = None,
+                  options: Sequence[str] = ()) -> list[str]:
+    """``build_args``: extra ``KEY=VALUE`` (BASE=..., TORCH=cpu); ``ca_bundle``: a CA bundle file the
+    builds' pip trusts (the build secret ``ca-bundle``, see images/pip.sh); ``options``: engine flags."""
+    engine = shlex.split(docker)
+    if Path(engine[0]).name == "podman":  # podman's default (OCI) format drops HEALTHCHECK (the MLflow server's)
+        options = ["--format", "docker", *options]
+    cmd = [*engine, "build", *options, "--platform", PLATFORM,
+           "--file", str(image.dockerfile.relative_to(ROOT)), "--tag", image.ref, "--build-arg", f"VERSION={tag}",
+           "--build-arg", f"SOURCE_URL={source}", "--build-arg", f"REVISION={revision}"]
     if image.family in ("generation", "training"):  # FROM ${REGISTRY}/<base>:${VERSION}
         cmd += ["--build-arg", f"REGISTRY={registry}"]
+    for arg in build_args:
+        cmd += ["--build-arg", arg]
+    if ca_bundle:
+        cmd += ["--secret", f"id=ca-bundle,src={ca_bundle}"]
     return [*cmd, "."]  # the build context is the repository root (see .dockerignore)
 
 
@@ -205,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
         p.add_argument("--docker", default=os.environ.get("DOCKER", "docker"),
                        help="container CLI (default: $DOCKER or docker; podman works too)")
+        if name == "build":
+            p.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
+                           help="passed to every build: BASE=<image> (the image the Dockerfiles start from), "
+                                "TORCH=cpu (the CPU variant; give it its own --tag)")
+            p.add_argument("--ca-bundle", default=os.environ.get("SRLM_CA_BUNDLE"), metavar="FILE",
+                           help="CA bundle pip trusts in the builds, for a TLS-inspecting proxy (a build secret, "
+                                "kept in no layer; default: $SRLM_CA_BUNDLE)")
     r = sub.add_parser("render", help="write the stage Dockerfiles from images/templates/")
     r.add_argument("--check", action="store_true", help="only check that the committed Dockerfiles are current")
     args = parser.parse_args(argv)
@@ -230,11 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(i.dockerfile.relative_to(ROOT)) for i in chosen if not i.dockerfile.exists()]
         if missing:
             raise SystemExit(f"missing Dockerfiles: {missing}")
-        source, revision = _source_url(spec), _revision()
+        source, commit = source_url(spec), revision()
         if any(i.family in ("generation", "training") for i in chosen) and not any(i.kind == "base" for i in chosen):
             print(f"note: stage images build FROM {images[0].ref}; build it first if it is not there", file=sys.stderr)
         for image in chosen:
-            _run(build_command(image, registry, tag, args.docker, source, revision), args.dry_run)
+            _run(build_command(image, registry, tag, args.docker, source, commit, args.build_arg, args.ca_bundle),
+                 args.dry_run)
     elif args.command == "push":
         for image in chosen:
             _run([*shlex.split(args.docker), "push", image.ref], args.dry_run)

@@ -76,10 +76,13 @@ def pipeline_defaults(yaml_path: Path) -> dict[str, Any]:
 def run(
     run_dir: Path, yaml_path: Path = TINY_YAML, threads: int | None = None, verbose: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None, quiet: bool = False, numerics_mode: str | None = None,
+    runner: Any = None, store_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the compiled pipeline in ``run_dir``; return the summary (also written to summary.json,
     printed unless ``quiet``). ``numerics_mode`` (portable | native) is set for every task; None keeps
-    the environment's ``SRLM_CPU_NUMERICS``."""
+    the environment's ``SRLM_CPU_NUMERICS``. ``runner``: a kfp.local runner (default: subprocesses of
+    this Python); ``store_dir``: where the MLflow store goes (default: ``run_dir``; a DockerRunner's
+    tasks see only the pipeline root, so the store goes there and the YAML names it)."""
     from srlm import numerics
 
     run_dir = run_dir.resolve()
@@ -88,8 +91,10 @@ def run(
         os.environ[numerics.ENV] = numerics_mode
     numerics.apply_environment()  # the tasks are subprocesses: they inherit the pinned variables
     threads = threads or (numerics.PORTABLE_THREADS if numerics.portable() else os.cpu_count() or 1)
-    db = run_dir / "mlflow.db"
-    artifacts = run_dir / "mlartifacts"
+    store_dir = (store_dir or run_dir).resolve()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    db = store_dir / "mlflow.db"
+    artifacts = store_dir / "mlartifacts"
     os.environ.update({
         "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
         "HF_HUB_OFFLINE": "1",
@@ -113,7 +118,7 @@ def run(
     from kfp import local
     from kfp.components import load_component_from_file
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"),
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"),
                workspace_root=str(run_dir / "workspace"))
     pipeline = load_component_from_file(str(yaml_path))
     log_path = run_dir / "pipeline.log"
@@ -141,7 +146,7 @@ def run(
         print("\n".join(_ANSI.sub("", line) for line in tail), file=sys.stderr)
         print(f"\nThe pipeline failed after {wall:.0f} s: {error}\nFull log: {log_path}", file=sys.stderr)
         raise SystemExit(1)
-    summary = collect(run_dir, params["mlflow"], wall, store_seconds, started_at)
+    summary = collect(run_dir, params["mlflow"], wall, store_seconds, started_at, store_dir)
     summary.update(numerics=numerics.mode(), threads=threads)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     if not quiet:
@@ -182,7 +187,8 @@ def task_timings(run_dir: Path, started_at: float) -> list[dict[str, Any]]:
 
 
 def collect(
-    run_dir: Path, mlflow_settings: dict[str, Any], wall: float, store_seconds: float, started_at: float
+    run_dir: Path, mlflow_settings: dict[str, Any], wall: float, store_seconds: float, started_at: float,
+    store_dir: Path | None = None,
 ) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
@@ -251,8 +257,8 @@ def collect(
         "stages": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in by_stage.items()},
         "task_overhead_seconds_mean": round(sum(overhead) / len(overhead), 1) if overhead else None,
         "reports": reports,
-        "mlflow": {"tracking_uri": os.environ["MLFLOW_TRACKING_URI"], "store": str(run_dir / "mlflow.db"),
-                   "artifacts": str(run_dir / "mlartifacts"), "experiment": mlflow_settings["experiment"],
+        "mlflow": {"tracking_uri": os.environ["MLFLOW_TRACKING_URI"], "store": str((store_dir or run_dir) / "mlflow.db"),
+                   "artifacts": str((store_dir or run_dir) / "mlartifacts"), "experiment": mlflow_settings["experiment"],
                    "model_name": name},
     }
 

@@ -291,7 +291,7 @@ def test_images_install_this_package_from_source_without_deps_after_the_pins():
             continue
         text = image.dockerfile.read_text(encoding="utf-8")
         pins = text.index(f"constraints/{'base' if image.family == 'base' else 'light'}.txt")
-        source = text.index("pip install --no-deps /src")
+        source = text.index("pip.sh install --no-deps /src")
         assert pins < source, f"{image.key}: install the pinned requirements before the package"
         assert "COPY src /src/src" in text and "COPY pyproject.toml README.md /src/" in text
 
@@ -334,6 +334,12 @@ def test_make_images_and_push_pass_registry_and_tag_through():
         assert f"--tag r.example/x/{image.name}:1.2.3" in line and f"--file images/{image.key}/Dockerfile" in line
         if image.family in ("generation", "training"):
             assert "--build-arg REGISTRY=r.example/x" in line  # FROM ${REGISTRY}/srlm-base:${VERSION}
+        assert "--secret" not in line and "--format" not in line
+    dry = subprocess.run([sys.executable, "images/build.py", "build", "--dry-run", "--docker", "podman", "--ca-bundle",
+                          "/etc/ca.pem", "--build-arg", "TORCH=cpu", "base"], capture_output=True, text=True, cwd=ROOT,
+                         check=True).stdout
+    assert "podman build --format docker " in dry, "podman keeps HEALTHCHECK only in the docker format"
+    assert "--build-arg TORCH=cpu --secret id=ca-bundle,src=/etc/ca.pem ." in dry
 
 
 def _compiled_images(*extra: Path) -> set[str]:
@@ -434,6 +440,7 @@ import importlib.abc, importlib.metadata as md, json, re, sys, tempfile
 from pathlib import Path
 
 light = set(json.loads(sys.argv[1]))
+defaults = json.loads(sys.argv[2])  # the compiled tiny pipeline's parameters: what validate gets there
 norm = lambda d: re.sub(r"[-_.]+", "-", d).lower()
 # mlflow-skinny ships the same "mlflow" modules as the full mlflow in this venv
 provides = {top: {norm(d) for d in ds} | ({"mlflow-skinny"} if top == "mlflow" else set())
@@ -472,8 +479,10 @@ import pyarrow.parquet, datasets, yaml, kfp.dsl  # noqa: F401
 tmp = Path(tempfile.mkdtemp(dir="."))  # the test runs this in its tmp_path
 tiny = {"preset": "tiny"}
 groups = {name: tiny for name in stages.GROUPS}
-stages.run_stage("validate", groups={**groups, "mlflow": {"enabled": False}}, base_model_kind="tiny", eft_build=False,
-                 iterations=2)
+pipeline_groups = {name: defaults[name] for name in stages.GROUPS if isinstance(defaults.get(name), dict)}
+assert pipeline_groups["evaluation"].get("benchmarks"), "the tiny pipeline runs benchmarks: validation reads their files"
+stages.run_stage("validate", groups={**pipeline_groups, "mlflow": {"enabled": False}}, base_model_kind="tiny",
+                 eft_build=False, iterations=2)
 stages.run_stage("seed", tiny, out=str(tmp / "seed"))
 replies = [{"text": t, "judge_outputs": [f"Score: {s}"], "scores": [s], "mean": s} for t, s in (("a", 4), ("b", 1))]
 (tmp / "j.jsonl").write_text(json.dumps({"id": "1", "prompt": "p", "replies": replies}) + "\\n")
@@ -487,7 +496,10 @@ def test_light_stages_run_with_only_the_light_image_packages(tmp_path):
     """Simulates the light images: every module no package of light.txt provides is made missing,
     then the light stages' modules (and what their steps import lazily) are imported and the
     validate, seed and pairs steps run (MLflow off). Optional imports may fail; required may not."""
-    result = subprocess.run([sys.executable, "-c", LIGHT_SMOKE, json.dumps(sorted(CONSTRAINTS["light"]))],
+    from pipelines.run_local import TINY_YAML, pipeline_defaults
+
+    defaults = json.dumps(pipeline_defaults(TINY_YAML))
+    result = subprocess.run([sys.executable, "-c", LIGHT_SMOKE, json.dumps(sorted(CONSTRAINTS["light"])), defaults],
                             capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
@@ -527,3 +539,74 @@ def test_skip_list_entries_name_framework_and_reason():
         assert re.fullmatch(r"CKV2?_[A-Z0-9]+_\d+", skip["check"]), skip["check"]
         for pattern in skip.get("files") or []:
             assert fnmatch.fnmatch(pattern, "*.yaml") or pattern.startswith(("images/", "manifests/")), pattern
+
+
+# --- images/pip.sh and images/check.py (the real builds: `make images-check`) -------------------
+
+def _pip_sh(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[list[str], dict[str, str]]:
+    """Run images/pip.sh with a stand-in `pip` that records its arguments and the trust settings."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "pip").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$PIP_ARGS"\n'
+                                 'echo "${PIP_CERT:-}|${SSL_CERT_FILE:-}" > "$PIP_ARGS.trust"\n')
+    (bin_dir / "pip").chmod(0o755)
+    record = tmp_path / "args"
+    subprocess.run(["sh", str(ROOT / "images" / "pip.sh"), *args], check=True,
+                   env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PIP_ARGS": str(record), **env})
+    return record.read_text().splitlines(), dict(zip(("cert", "ssl"), Path(f"{record}.trust").read_text().strip()
+                                                      .split("|")))
+
+
+def test_pip_sh_drops_the_cuda_pins_in_the_cpu_variant_only(tmp_path):
+    constraints = ROOT / "images" / "constraints" / "generation.txt"
+    requirements = ROOT / "images" / "requirements" / "generation.in"
+    args, trust = _pip_sh(tmp_path, {"SRLM_TORCH": "cpu"}, "install", "-c", str(constraints), "-r", str(requirements))
+    assert args[:2] == ["install", "-c"] and args[3] == "-r"
+    kept_constraints = _pins(Path(args[2]))
+    assert not {p for p in kept_constraints if p in ("torch", "triton", "vllm") or p.startswith(("nvidia-", "cuda-"))}
+    assert kept_constraints["transformers"] == CONSTRAINTS["generation"]["transformers"]
+    assert len(kept_constraints) == len(CONSTRAINTS["generation"]) - sum(
+        1 for p in CONSTRAINTS["generation"] if p in ("torch", "triton", "vllm") or p.startswith(("nvidia-", "cuda-")))
+    kept_requirements = _pins(Path(args[4]))
+    assert "vllm" not in kept_requirements and "lm-eval" in kept_requirements
+    assert trust == {"cert": "", "ssl": ""}
+    args, _ = _pip_sh(tmp_path, {"SRLM_TORCH": "cuda"}, "install", "-c", str(constraints), "-r", str(requirements))
+    assert args == ["install", "-c", str(constraints), "-r", str(requirements)], "the CUDA build is left as it is"
+
+
+def test_pip_sh_trusts_the_ca_bundle_secret_only_when_mounted(tmp_path):
+    secret = tmp_path / "ca-bundle"
+    _, trust = _pip_sh(tmp_path, {"SRLM_CA_SECRET": str(secret)}, "install", "x")
+    assert trust == {"cert": "", "ssl": ""}, "no secret mounted: pip keeps its own trust store"
+    secret.write_text("-----BEGIN CERTIFICATE-----\n")
+    _, trust = _pip_sh(tmp_path, {"SRLM_CA_SECRET": str(secret)}, "install", "x")
+    assert trust == {"cert": str(secret), "ssl": str(secret)}
+
+
+def test_every_stage_image_has_a_module_images_check_imports():
+    from images import check
+    assert set(check.STAGE_MODULES) == set(SPEC["stages"])
+    for key, module in check.STAGE_MODULES.items():
+        assert (ROOT / "src" / "srlm" / f"{module}.py").is_file(), f"{key}: no module srlm.{module}"
+    every = {image.key for image in check.tier_images("all")}
+    assert {image.family for image in PLAN if image.key in every} == {"base", "light", "generation", "training",
+                                                                       "service"}, "one image of every family"
+    light = {image.key for image in check.tier_images("light")}
+    assert light == {image.key for image in PLAN if image.family == "light"} | {"mlflow-server"}
+    assert set(check.STAGE_RUNS) <= every and {"seed", "pairs"} <= light
+
+
+def test_every_dockerfile_takes_its_base_as_a_build_argument_and_mounts_the_ca_bundle():
+    for image in PLAN:
+        text = image.dockerfile.read_text(encoding="utf-8")
+        global_args, stages = parse_dockerfile(text)
+        froms = re.findall(r"^FROM (\S+)", text, flags=re.M)
+        if image.family in ("base", "light", "service"):
+            assert set(froms) == {"${BASE}"} and "BASE" in global_args, f"{image.key}: FROM ${{BASE}} everywhere"
+        pip_runs = [i for s in stages for i in s.instructions if i.cmd == "RUN" and "pip.sh" in i.args]
+        assert pip_runs, f"{image.key}: installs without images/pip.sh"
+        for run in pip_runs:
+            assert run.flags.get("mount") == "type=secret,id=ca-bundle,required=false", f"line {run.line}"
+        bare = [i.line for s in stages for i in s.instructions
+                if i.cmd == "RUN" and re.search(r"(^|&& )pip (install|wheel) ", i.args)]
+        assert not bare, f"{image.key}: pip without images/pip.sh (no CA bundle, no CPU variant) at lines {bare}"

@@ -14,10 +14,14 @@ USER 0:0
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
-COPY images/requirements/generation.in images/constraints/generation.txt /tmp/req/
-RUN pip install -c /tmp/req/generation.txt -r /tmp/req/generation.in \
+# A base built with TORCH=cpu (SRLM_TORCH=cpu) makes the CPU variant: no vLLM (its CUDA build needs
+# CUDA torch); the stages run the transformers backend there.
+COPY images/pip.sh images/requirements/generation.in images/constraints/generation.txt /tmp/req/
+RUN --mount=type=secret,id=ca-bundle,required=false \
+    sh /tmp/req/pip.sh install -c /tmp/req/generation.txt -r /tmp/req/generation.in \
     && rm -rf /tmp/req \
-    && python -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+    && python -c "import torch, transformers, lm_eval; print('torch', torch.__version__)" \
+    && if [ "$SRLM_TORCH" != cpu ]; then python -c "import vllm; print('vllm', vllm.__version__)"; fi
 ARG VERSION
 ARG SOURCE_URL=https://github.com/OWNER/srlm
 ARG REVISION=unknown

@@ -11,8 +11,9 @@ ARG VERSION={{version}}
 # DS_BUILD_OPS=0; DeepSpeed JIT-builds the ops a config asks for at run time).
 FROM ${REGISTRY}/{{base_name}}:${VERSION} AS deepspeed-wheel
 USER 0:0
-COPY images/constraints/training.txt /tmp/req/
-RUN DS_BUILD_OPS=0 pip wheel --no-deps -c /tmp/req/training.txt --wheel-dir /wheels deepspeed
+COPY images/pip.sh images/constraints/training.txt /tmp/req/
+RUN --mount=type=secret,id=ca-bundle,required=false \
+    DS_BUILD_OPS=0 sh /tmp/req/pip.sh wheel --no-deps -c /tmp/req/training.txt --wheel-dir /wheels deepspeed
 
 FROM ${REGISTRY}/{{base_name}}:${VERSION}
 USER 0:0
@@ -22,8 +23,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=deepspeed-wheel /wheels /tmp/wheels
-COPY images/requirements/training.in images/constraints/training.txt /tmp/req/
-RUN pip install --find-links /tmp/wheels --only-binary deepspeed -c /tmp/req/training.txt -r /tmp/req/training.in \
+COPY images/pip.sh images/requirements/training.in images/constraints/training.txt /tmp/req/
+RUN --mount=type=secret,id=ca-bundle,required=false \
+    sh /tmp/req/pip.sh install --find-links /tmp/wheels --only-binary deepspeed -c /tmp/req/training.txt \
+        -r /tmp/req/training.in \
     && rm -rf /tmp/req /tmp/wheels \
     && python -c "import trl, accelerate, deepspeed; print('trl', trl.__version__, 'deepspeed', deepspeed.__version__)"
 ARG VERSION
