@@ -242,43 +242,57 @@ def run_stages(podman: Podman, images: Sequence[build.Image], work: Path) -> dic
     for image in images:
         if image.key == SERVICE:
             start = time.monotonic()
-            mlflow_health(podman, image.ref, work)
+            mlflow_health(podman, image.ref)
             timings[SERVICE] = round(time.monotonic() - start, 1)
     return timings
 
 
-def mlflow_health(podman: Podman, ref: str, work: Path) -> None:
-    """The tracking server starts under the same restrictions and answers /health."""
+def mlflow_health(podman: Podman, ref: str) -> None:
+    """The tracking server starts under the same restrictions, answers /health, and its HEALTHCHECK passes."""
     # The image's HEALTHCHECK asks port 5000 (the Dockerfile's CMD): use it when it is free here.
     port = 5000 if _port_free(5000) else _free_port()
-    print(f"== run mlflow-server in {ref} on 127.0.0.1:{port}", flush=True)
-    name = f"srlm-check-mlflow-{port}"
-    # its HEALTHCHECK runs once, by hand below (podman's timer for it needs systemd)
-    podman("run", "--detach", "--name", name, "--network", "host", "--user", UID, "--read-only", "--health-interval=disable",
-           "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777", ref, "mlflow", "server", "--host", "127.0.0.1",
-           "--port", str(port), "--backend-store-uri", "sqlite:////tmp/mlflow.db", "--default-artifact-root",
-           "/tmp/artifacts", stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        print("   /health: 200", flush=True)
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or podman("container", "exists", name, check=False).returncode:
-                podman("logs", name, check=False)
-                raise SystemExit("mlflow-server: /health did not answer within 120 s")
-            time.sleep(1)
+    with mlflow_server(podman, ref, port) as name:
         if port == 5000:
-            podman("healthcheck", "run", name)  # the image's own HEALTHCHECK: exit 0 = healthy
+            podman("healthcheck", "run", name)  # exit 0 = healthy
             print("   HEALTHCHECK: healthy", flush=True)
         else:
             print("   HEALTHCHECK not run: port 5000 is taken on this machine", flush=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(podman: Podman, ref: str, port: int, store: Path | None = None) -> Iterator[str]:
+    """The MLflow server image serving on 127.0.0.1:``port`` as uid 10001 on a read-only root; its SQLite
+    store and artifacts in ``store`` (mounted at the same path), else in its /tmp. Yields the container."""
+    print(f"== run mlflow-server in {ref} on 127.0.0.1:{port}", flush=True)
+    name = f"srlm-check-mlflow-{port}"
+    where = store or Path("/tmp")
+    # its HEALTHCHECK runs only by hand (podman's timer for it needs systemd)
+    podman("run", "--detach", "--name", name, "--network", "host", "--user", UID, "--read-only",
+           "--health-interval=disable", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777",
+           *(["--volume", f"{store}:{store}"] if store else []), ref, "mlflow", "server", "--host", "127.0.0.1",
+           "--port", str(port), "--backend-store-uri", f"sqlite:///{where}/mlflow.db", "--default-artifact-root",
+           f"{where}/mlartifacts", stdout=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _healthy(port) or _gone(podman, name), 120, "the MLflow server's /health")
+        if _gone(podman, name):
+            podman("logs", name, check=False)
+            raise SystemExit("mlflow-server: the server exited")
+        print("   /health: 200", flush=True)
+        yield name
     finally:
         podman("rm", "--force", name, check=False, stdout=subprocess.DEVNULL)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _gone(podman: Podman, name: str) -> bool:
+    return podman("container", "exists", name, check=False).returncode != 0
 
 
 def _port_free(port: int) -> bool:
@@ -303,11 +317,12 @@ def tier_images(tier: str) -> list[build.Image]:
     return [i for i in build.plan(REGISTRY, TAG) if tier == "pipeline" or i.family == "light" or i.key in chosen]
 
 
-def run_pipeline(podman: Podman, run_dir: Path) -> dict:
+def run_pipeline(podman: Podman, run_dir: Path, mlflow_ref: str) -> dict:
     """The compiled tiny pipeline, every task in its built image: KFP's DockerRunner talks to podman's
-    Docker-compatible API. Tasks run as the images' uid 10001 on a read-only root with /tmp writable;
-    the MLflow store lives in the pipeline root, the one host folder KFP mounts into every task (at
-    the same path), so the YAML is compiled with that store as MLFLOW_TRACKING_URI."""
+    Docker-compatible API. Tasks run as the images' uid 10001 on a read-only root with /tmp writable.
+    They log over HTTP (the light images carry only the MLflow client) to the MLflow server image; its
+    SQLite store and the artifacts live in the pipeline root, the one host folder KFP mounts into every
+    task (at the same path), where this process reads them back."""
     from kfp import local
 
     sys.path.insert(0, str(ROOT))
@@ -315,10 +330,11 @@ def run_pipeline(podman: Podman, run_dir: Path) -> dict:
 
     shutil.rmtree(run_dir, ignore_errors=True)
     store = run_dir / "kfp" / "store"
+    port = _free_port()
     yaml_path = run_dir / "self_rewarding_tiny.yaml"
     run_dir.mkdir(parents=True)
     subprocess.run([sys.executable, "-m", "pipelines.compile", "--profile", "tiny", "--output", str(yaml_path),
-                    "--registry", REGISTRY, "--tag", TAG, "--set", f"mlflow_tracking_uri=sqlite:///{store}/mlflow.db",
+                    "--registry", REGISTRY, "--tag", TAG, "--set", f"mlflow_tracking_uri=http://127.0.0.1:{port}",
                     "--set", 'env={"HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}'],
                    cwd=ROOT, check=True)
     socket_path = podman.state / "podman.sock"
@@ -331,7 +347,8 @@ def run_pipeline(podman: Podman, run_dir: Path) -> dict:
         _wait_for(socket_path.exists, 30, "podman's API socket")
         os.environ["DOCKER_HOST"] = f"unix://{socket_path}"
         runner = local.DockerRunner(network_mode="host", read_only=True, tmpfs={"/tmp": "rw,exec,mode=1777"})
-        summary = run_local.run(run_dir, yaml_path, runner=runner, store_dir=store)
+        with mlflow_server(podman, mlflow_ref, port, store):
+            summary = run_local.run(run_dir, yaml_path, runner=runner, store_dir=store)
     finally:
         os.umask(previous_umask)
         service.terminate()
@@ -386,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     write_fixtures(work)
     report["runs_s"] = run_stages(podman, images, work)
     if args.tier == "pipeline":
-        report["pipeline"] = run_pipeline(podman, args.pipeline_dir.resolve())
+        mlflow_ref = next(i.ref for i in images if i.key == SERVICE)
+        report["pipeline"] = run_pipeline(podman, args.pipeline_dir.resolve(), mlflow_ref)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     report["total_s"] = round(time.monotonic() - started, 1)

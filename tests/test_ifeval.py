@@ -70,6 +70,20 @@ def test_bad_records_are_named(tmp_path):
         ifeval.load_prompts(bad)
 
 
+def test_punkt_data_falls_back_to_the_temp_folder_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    """Found in the images: /cache is read-only without the cache volume, and IFEval failed there."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))  # mkdir under a file fails, as for root too
+    monkeypatch.setattr(ifeval.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    root = ifeval.punkt_data()
+    assert root == tmp_path / "tmp" / "srlm" / "nltk_data"
+    assert (root / "tokenizers" / "punkt_tab" / "english" / "ortho_context.tab").stat().st_size > 0
+    assert ifeval.punkt_data() == root, "the second call finds the files it wrote"
+    with pytest.raises(OSError):
+        ifeval.punkt_data(blocker / "explicit")  # a folder the caller chose is not replaced
+
+
 def test_validation_knows_the_instruction_ids_lm_eval_knows(tmp_path):
     """Validation runs in the light image (no lm-eval): its id list must be lm-eval's registry."""
     assert ifeval.INSTRUCTION_IDS == set(ifeval.registry())

