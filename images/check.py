@@ -335,7 +335,10 @@ def run_pipeline(podman: Podman, run_dir: Path, mlflow_ref: str) -> dict:
     run_dir.mkdir(parents=True)
     subprocess.run([sys.executable, "-m", "pipelines.compile", "--profile", "tiny", "--output", str(yaml_path),
                     "--registry", REGISTRY, "--tag", TAG, "--set", f"mlflow_tracking_uri=http://127.0.0.1:{port}",
-                    "--set", 'env={"HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}'],
+                    "--set", 'env={"HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}',
+                    # through a tracking server a model version needs a source the server can serve: models on
+                    # KFP's workspace are uploaded by register (a kfp.local artifact's URI is a local path)
+                    "--set", "model_storage=workspace"],
                    cwd=ROOT, check=True)
     socket_path = podman.state / "podman.sock"
     service = subprocess.Popen([*podman.base, "system", "service", "--time=0", f"unix://{socket_path}"],
