@@ -65,6 +65,9 @@ STAGE_MODULES = {
 }
 UID = "10001:10001"
 INDEX_PORT = 50507  # the local torch index
+# How the manifests run a container: uid 10001, read-only root, only /tmp writable (host network here).
+RESTRICTED = ("--network", "host", "--user", UID, "--read-only", "--read-only-tmpfs=false",
+              "--tmpfs", "/tmp:rw,exec,mode=1777,size=4g")
 CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
 
@@ -89,11 +92,10 @@ class Podman:
     def size(self, ref: str) -> int:
         return int(self("image", "inspect", "--format", "{{.Size}}", ref, capture=True).stdout.strip())
 
-    def run(self, ref: str, script: str, work: Path, *options: str) -> None:
-        """``script`` in ``ref`` as the manifests run a stage: uid 10001, read-only root, writable /tmp."""
-        self("run", "--rm", "--network", "host", "--user", UID, "--read-only", "--read-only-tmpfs=false",
-             "--tmpfs", "/tmp:rw,exec,mode=1777,size=4g", "--volume", f"{work}:/work", "--env", "HF_HUB_OFFLINE=1",
-             *options, ref, "sh", "-ec", script)
+    def run(self, ref: str, script: str, work: Path) -> None:
+        """``script`` in ``ref`` as the manifests run a stage, with ``work`` at /work."""
+        self("run", "--rm", *RESTRICTED, "--volume", f"{work}:/work", "--env", "HF_HUB_OFFLINE=1", ref,
+             "sh", "-ec", script)
 
 
 def _containers_conf() -> str:
@@ -267,8 +269,7 @@ def mlflow_server(podman: Podman, ref: str, port: int, store: Path | None = None
     name = f"srlm-check-mlflow-{port}"
     where = store or Path("/tmp")
     # its HEALTHCHECK runs only by hand (podman's timer for it needs systemd)
-    podman("run", "--detach", "--name", name, "--network", "host", "--user", UID, "--read-only",
-           "--health-interval=disable", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777",
+    podman("run", "--detach", "--name", name, *RESTRICTED, "--health-interval=disable",
            *(["--volume", f"{store}:{store}"] if store else []), ref, "mlflow", "server", "--host", "127.0.0.1",
            "--port", str(port), "--backend-store-uri", f"sqlite:///{where}/mlflow.db", "--default-artifact-root",
            f"{where}/mlartifacts", stdout=subprocess.DEVNULL)

@@ -226,6 +226,7 @@ def collect(
             "mean_length": metric("mean_length"),
             "promotion": tags.get("promotion.reason"),
         })
+    store = store_dir or run_dir
     timings = task_timings(run_dir, started_at)
     by_stage: dict[str, dict[str, float]] = {}
     for row in timings:
@@ -257,8 +258,8 @@ def collect(
         "stages": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in by_stage.items()},
         "task_overhead_seconds_mean": round(sum(overhead) / len(overhead), 1) if overhead else None,
         "reports": reports,
-        "mlflow": {"tracking_uri": os.environ["MLFLOW_TRACKING_URI"], "store": str((store_dir or run_dir) / "mlflow.db"),
-                   "artifacts": str((store_dir or run_dir) / "mlartifacts"), "experiment": mlflow_settings["experiment"],
+        "mlflow": {"tracking_uri": os.environ["MLFLOW_TRACKING_URI"], "store": str(store / "mlflow.db"),
+                   "artifacts": str(store / "mlartifacts"), "experiment": mlflow_settings["experiment"],
                    "model_name": name},
     }
 
