@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/walkthrough
 PYTEST_ARGS ?=
+# make test's pytest workers (pytest-xdist), one test file per worker at a time: the suite runs torch on one
+# thread (portable numerics), so two workers use both cores of a 2-core machine. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
 # CPU numerics for test, demo, testbed, walkthrough: portable = the same bits on any x86-64 processor with
 # AVX2 (srlm.numerics; slower), native = this processor's fastest kernels. NUMERICS=native to change it.
 NUMERICS ?= portable
@@ -26,7 +29,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 venv: $(VENV)/.installed ## create the virtual environment (pinned versions from requirements.lock)
 
 test: venv ## run the test suite (creates the venv when absent)
-	HF_HUB_OFFLINE=1 $(NUMERICS_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(NUMERICS_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: venv ## run the compiled pipeline (tiny YAML) end to end with kfp.local: M1..M3 in MLflow (CPU, minutes)
 	HF_HUB_OFFLINE=1 $(NUMERICS_ENV) $(PY) -m pipelines.run_local $(if $(DEMO_DIR),--run-dir $(DEMO_DIR))

@@ -49,3 +49,9 @@ def sft_model(tiny_model, seed_dir, tmp_path_factory) -> Path:
         out=out,
     )
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """The proof-of-learning run first: make test hands each worker one file at a time (pytest-xdist, loadfile),
+    so the testbed's file (its two pipeline runs use both cores) starts at once while another worker takes the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("testbed") is None)
