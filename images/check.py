@@ -346,7 +346,6 @@ def run_pipeline(podman: Podman, run_dir: Path, mlflow_ref: str) -> dict:
                                env=podman.env)
     previous_umask = os.umask(0)  # the tasks (uid 10001) write where this process (root) made the folders
     store.mkdir(parents=True)
-    (run_dir / "workspace").mkdir()  # KFP's workspace: podman would make a missing bind source root's 0755
     (store / "mlflow.db").touch(mode=0o666)  # SQLite would make it 0644, read-only to the tasks
     try:
         _wait_for(socket_path.exists, 30, "podman's API socket")

@@ -118,8 +118,10 @@ def run(
     from kfp import local
     from kfp.components import load_component_from_file
 
+    workspace = run_dir / "workspace"
+    workspace.mkdir(exist_ok=True)  # a DockerRunner mounts it: a missing bind source would be made root's 0755
     local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"),
-               workspace_root=str(run_dir / "workspace"))
+               workspace_root=str(workspace))
     pipeline = load_component_from_file(str(yaml_path))
     log_path = run_dir / "pipeline.log"
     terminal = sys.stdout
